@@ -1,0 +1,110 @@
+"""One pool's waiting requests, indexed by the values of its `match_on` keys."""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterator
+
+from models.messages import CriterionValue, PoolConfig
+from models.state import RequestState
+
+__all__ = ["PoolBook"]
+
+BucketKey = tuple[CriterionValue, ...]
+
+
+class PoolBook:
+    """In-memory view of a pool, rebuilt from the state table after recovery.
+
+    Waiting requests sit in buckets keyed by their `match_on` values, so finding
+    candidates visits only buckets that can agree with the newcomer instead of
+    every waiting request.
+    """
+
+    def __init__(self, *, pool_id: str, partition: int, config: PoolConfig) -> None:
+        self.pool_id = pool_id
+        self.partition = partition
+        self.config = config
+        self.paused = False
+        self.closed = False
+        self.known_requests: set[str] = set()
+        self.waiting: dict[str, RequestState] = {}
+        self.active_by_user: dict[str, str] = {}
+        self.next_sweep_at = math.inf
+        """When the next waiting request crosses a `relax_after_s` threshold."""
+        self._buckets: dict[BucketKey, dict[str, RequestState]] = {}
+        self._expiries: list[tuple[float, str]] = []
+
+    def bucket_key(self, request: RequestState) -> BucketKey:
+        return tuple(request.criteria.get(key) for key in self.config.match_on)
+
+    def add_waiting(self, request: RequestState) -> None:
+        self.known_requests.add(request.request_id)
+        self.waiting[request.request_id] = request
+        self.active_by_user[request.user_id] = request.request_id
+        self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
+        if request.expires_at is not None:
+            heapq.heappush(self._expiries, (request.expires_at, request.request_id))
+        thresholds = [limit for limit in self.config.relax_after_s.values() if limit > 0]
+        if thresholds:
+            self.next_sweep_at = min(self.next_sweep_at, request.queued_at + min(thresholds))
+
+    def pop_expired(self, now: float) -> list[RequestState]:
+        """Remove and return the waiting requests whose TTL has passed."""
+        expired = []
+        while self._expiries and self._expiries[0][0] <= now:
+            _, request_id = heapq.heappop(self._expiries)
+            request = self.waiting.get(request_id)
+            # The heap keeps entries of requests that already left; skip those.
+            if request is not None and request.expires_at is not None and request.expires_at <= now:
+                self.remove_waiting(request_id)
+                expired.append(request)
+        return expired
+
+    def plan_next_sweep(self, now: float) -> None:
+        """Find the next moment a waiting request relaxes a key it has not relaxed yet."""
+        limits = [limit for limit in self.config.relax_after_s.values() if limit > 0]
+        upcoming = (
+            request.queued_at + limit
+            for request in self.waiting.values()
+            for limit in limits
+            if request.queued_at + limit > now
+        )
+        self.next_sweep_at = min(upcoming, default=math.inf)
+
+    def remove_waiting(self, request_id: str) -> RequestState | None:
+        request = self.waiting.pop(request_id, None)
+        if request is None:
+            return None
+        if self.active_by_user.get(request.user_id) == request_id:
+            del self.active_by_user[request.user_id]
+        key = self.bucket_key(request)
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.pop(request_id, None)
+            if not bucket:
+                del self._buckets[key]
+        return request
+
+    def reindex(self, config: PoolConfig) -> None:
+        """Adopt a new config; buckets depend on `match_on`, so rebuild them."""
+        self.config = config
+        waiting = list(self.waiting.values())
+        self._buckets.clear()
+        for request in waiting:
+            self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
+
+    def buckets_near(self, key: BucketKey, relaxable: frozenset[int]) -> Iterator[RequestState]:
+        """Waiting requests whose bucket can agree with `key`.
+
+        Args:
+            key: the newcomer's `match_on` values.
+            relaxable: positions of keys that may differ once both sides relaxed them.
+        """
+        for other_key, bucket in self._buckets.items():
+            if all(
+                mine is None or theirs is None or mine == theirs or position in relaxable
+                for position, (mine, theirs) in enumerate(zip(key, other_key, strict=True))
+            ):
+                yield from bucket.values()

@@ -1,0 +1,68 @@
+"""The one place bytes become messages and messages become bytes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+
+__all__ = ["MAX_MESSAGE_BYTES", "DecodeError", "decode", "dumps", "loads", "utc_now_iso"]
+
+MAX_MESSAGE_BYTES = 1_000_000
+"""Input messages larger than this are refused before parsing (a 1 MB profile is absurd)."""
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class DecodeError(ValueError):
+    """An input message that cannot become a model; `str()` is the reason for the DLQ."""
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize a model or plain data to JSON bytes."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", exclude_none=False)
+    return orjson.dumps(value)
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON bytes; raises `DecodeError` with a readable reason."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"invalid JSON: {exc}") from None
+
+
+def decode(model: type[ModelT], raw: bytes | str | None) -> ModelT:
+    """Validate raw input bytes as `model`.
+
+    Raises:
+        DecodeError: empty, oversized, not JSON, not an object, or invalid.
+    """
+    if raw is None or len(raw) == 0:
+        raise DecodeError("empty message")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    data = loads(raw)
+    if not isinstance(data, dict):
+        raise DecodeError(f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise DecodeError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(item) for item in error["loc"]) or "message"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def utc_now_iso(now: float | None = None) -> str:
+    """RFC 3339 UTC timestamp of `now` (seconds since the epoch) or of this moment."""
+    moment = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

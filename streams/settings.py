@@ -1,0 +1,82 @@
+"""The one settings object. Nothing else in Matchstream reads the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Runtime configuration, read from `MATCHSTREAM_*` environment variables.
+
+    Example:
+        >>> Settings(broker="kafka://127.0.0.1:19092").broker_port
+        19092
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MATCHSTREAM_", frozen=True, extra="ignore")
+
+    broker: str = Field(
+        "kafka://127.0.0.1:9092",
+        description="MATCHSTREAM_BROKER: Kafka bootstrap URL(s), `kafka://host:port[;host:port]`.",
+    )
+    web_port: int = Field(6066, description="MATCHSTREAM_WEB_PORT: the worker's HTTP port.")
+    data_dir: Path = Field(
+        Path("var"),
+        description="MATCHSTREAM_DATA_DIR: RocksDB tables and the local broker's files live here.",
+    )
+    topic_partitions: int = Field(
+        8, ge=1, le=1024, description="MATCHSTREAM_TOPIC_PARTITIONS: partitions of every topic."
+    )
+    topic_prefix: str = Field(
+        "", description="MATCHSTREAM_TOPIC_PREFIX: prepended to every topic name."
+    )
+    database_url: str | None = Field(
+        None, description="MATCHSTREAM_DATABASE_URL: PostgreSQL DSN; enables the Postgres sink."
+    )
+    jwt_secret: str | None = Field(
+        None, description="MATCHSTREAM_JWT_SECRET: HS256 secret; unset means open dev mode."
+    )
+    app_id: str = Field(
+        "matchstream",
+        description="MATCHSTREAM_APP_ID: Faust app id (consumer group and changelog prefix).",
+    )
+    kafka_cache_dir: Path = Field(
+        Path.home() / ".cache" / "matchstream" / "kafka",
+        description="MATCHSTREAM_KAFKA_CACHE_DIR: where the broker's jars are downloaded once.",
+    )
+    tick_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="MATCHSTREAM_TICK_INTERVAL_S: how often expiry and relaxation are checked.",
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_has_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            value = f"kafka://{value}"
+        return value
+
+    @property
+    def broker_hosts(self) -> list[str]:
+        """`host:port` strings for clients that do not take Faust's URL form."""
+        rest = self.broker.split("://", 1)[1]
+        return [part.strip() for part in rest.replace(",", ";").split(";") if part.strip()]
+
+    @property
+    def broker_port(self) -> int:
+        """Port of the first bootstrap server, used by the local broker."""
+        return int(self.broker_hosts[0].rsplit(":", 1)[1])
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
