@@ -1,0 +1,101 @@
+"""The matcher agent: input message -> `MatchEngine` -> state table writes.
+
+It runs with concurrency 1 so that offsets are never committed past a message
+still being processed, and all table writes happen inside stream iteration so
+they land in the changelog partition of the input partition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from faust.types import EventT, StreamT
+
+from matching.engine import Effects, MatchEngine, MisroutedError
+from models.codec import DecodeError, decode, dumps
+from models.messages import MatchRequest, PoolCommand
+from models.state import decode_state
+from streams.app import Matchstream
+from streams.dlq import dlq_record
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
+
+
+def _on_request(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
+    return engine.handle_request(decode(MatchRequest, raw), partition=partition, now=now)
+
+
+def _on_command(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
+    return engine.handle_command(decode(PoolCommand, raw), partition=partition, now=now)
+
+
+def _on_tick(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
+    return engine.tick(partition=partition, now=now)
+
+
+def register(stream: Matchstream) -> None:
+    """Add the matcher agent and the table recovery hook to the app."""
+    handlers: dict[str, Handler] = {
+        stream.names.request: _on_request,
+        stream.names.command: _on_command,
+        stream.names.tick: _on_tick,
+    }
+
+    @stream.state.on_recover
+    async def rebuild_engine() -> None:
+        # Tables hold only the partitions assigned now, so this also forgets
+        # pools that moved to another worker.
+        started = time.monotonic()
+        stream.engine.load(decode_state(value) for value in stream.state.values())
+        waiting = sum(len(book.waiting) for book in stream.engine.pools.values())
+        log.info(
+            "engine rebuilt pools=%d waiting=%d seconds=%.3f",
+            len(stream.engine.pools),
+            waiting,
+            time.monotonic() - started,
+        )
+
+    @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
+    async def matcher(events: StreamT) -> None:
+        async for event in events.events():
+            await _process(stream, handlers, event)
+
+
+async def _process(stream: Matchstream, handlers: dict[str, Handler], event: EventT) -> None:
+    message = event.message
+    handler = handlers[message.topic]
+    try:
+        effects = handler(stream.engine, event.value, message.partition, time.time())
+    except (DecodeError, MisroutedError) as exc:
+        await _reject(stream, event, str(exc))
+        return
+    for key, record in effects.writes:
+        stream.state[key] = dumps(record)
+    for notice in effects.notices:
+        await stream.status.send(key=notice.pool_id.encode(), value=dumps(notice))
+
+
+async def _reject(stream: Matchstream, event: EventT, error: str) -> None:
+    message = event.message
+    record = dlq_record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=event.value,
+        error=error,
+    )
+    log.warning(
+        "input rejected topic=%s partition=%d offset=%d error=%r",
+        message.topic,
+        message.partition,
+        message.offset,
+        error,
+    )
+    await stream.dlq.send(key=message.topic.encode(), value=dumps(record))

@@ -1,0 +1,109 @@
+"""The Faust application: one factory that wires topics, the state table and agents.
+
+A request's walk: `match.request` -> `agents.matcher` (decode, `MatchEngine`) ->
+`state` table (RocksDB + changelog) -> `streams.relay` -> `match.status` /
+`match.found`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+from faust.types import TopicT
+
+from matching.engine import MatchEngine
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+__all__ = ["Matchstream", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Matchstream:
+    """Everything a worker runs, built once per process by `create_app`."""
+
+    app: faust.App
+    settings: Settings
+    names: TopicNames
+    inputs: TopicT
+    status: TopicT
+    dlq: TopicT
+    tick: TopicT
+    state: faust.Table
+    engine: MatchEngine
+
+
+def _raw_topic(app: faust.App, *names: str, partitions: int) -> TopicT:
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
+    """Build the Faust app with every agent registered.
+
+    Args:
+        settings: process settings (broker, data dir, partitions, prefix, app id).
+        store: table store URL; `memory://` for functional tests.
+
+    Example:
+        >>> stream = create_app(Settings(), store="memory://")
+        >>> stream.state.name
+        'state'
+    """
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    partitions = settings.topic_partitions
+    app = faust.App(
+        settings.app_id,
+        broker=settings.broker,
+        store=store,
+        datadir=str(Path(settings.data_dir) / "worker"),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        # A new consumer group must not skip requests produced before it started.
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        processing_guarantee="at_least_once",
+        web_port=settings.web_port,
+        web_bind="127.0.0.1",
+        web_in_thread=False,
+        autodiscover=False,
+        # Tables and topics carry bytes we encode ourselves (models.codec).
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    state = app.Table(
+        "state",
+        key_type=str,
+        value_type=bytes,
+        partitions=partitions,
+    )
+    stream = Matchstream(
+        app=app,
+        settings=settings,
+        names=names,
+        inputs=_raw_topic(app, *names.inputs, partitions=partitions),
+        status=_raw_topic(app, names.status, partitions=partitions),
+        dlq=_raw_topic(app, names.dlq, partitions=partitions),
+        tick=_raw_topic(app, names.tick, partitions=partitions),
+        state=state,
+        engine=MatchEngine(),
+    )
+    # Imported here because agents register themselves on the app being built.
+    from agents import matcher, ticker
+    from streams import relay
+
+    matcher.register(stream)
+    ticker.register(stream)
+    relay.register(stream)
+    return stream

@@ -1,0 +1,106 @@
+"""The `matchstream` command line (CONTRACT section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from streams.kafka_cli import add_kafka_parser
+from streams.settings import Settings, get_settings
+
+__all__ = ["main"]
+
+
+def _settings_with(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, with the flags given on the command line on top."""
+    overrides: dict[str, object] = {}
+    for flag in ("broker", "web_port", "data_dir"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[flag] = value
+    return get_settings().model_copy(update=overrides) if overrides else get_settings()
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from streams.worker import run_worker
+
+    return run_worker(_settings_with(args), loglevel=args.loglevel)
+
+
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from streams.produce import produce_messages
+    from streams.workload import Workload
+
+    workload = Workload(
+        requests=args.requests,
+        pools=args.pools,
+        seed=args.seed,
+        cancel_ratio=args.cancel_ratio,
+        duplicate_ratio=args.duplicate_ratio,
+        malformed=args.malformed,
+        run_id=args.run_id,
+    )
+    messages = list(workload.messages())
+    counts = asyncio.run(produce_messages(_settings_with(args), messages, total=len(messages)))
+    print(" ".join(f"{kind}={count}" for kind, count in sorted(counts.items())))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(_settings_with(args), requests=args.requests, pools=args.pools)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench import run_bench
+
+    return run_bench(_settings_with(args), requests=args.requests, pools=args.pools)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="matchstream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_kafka_parser(commands)
+
+    worker = commands.add_parser("worker", help="run a Faust worker with the RocksDB store")
+    worker.add_argument("--broker", help="bootstrap URL (MATCHSTREAM_BROKER)")
+    worker.add_argument("--web-port", dest="web_port", type=int, help="HTTP port")
+    worker.add_argument("--data-dir", dest="data_dir", type=Path, help="table directory root")
+    worker.add_argument("--loglevel", default="info")
+    worker.set_defaults(func=_cmd_worker)
+
+    produce = commands.add_parser("produce", help="produce a generated workload")
+    produce.add_argument("--broker")
+    produce.add_argument("--requests", type=int, default=2_000)
+    produce.add_argument("--pools", type=int, default=40)
+    produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--cancel-ratio", type=float, default=0.05)
+    produce.add_argument("--duplicate-ratio", type=float, default=0.05)
+    produce.add_argument("--malformed", type=int, default=0)
+    produce.add_argument("--run-id", default="demo", help="prefix of pool, request, user ids")
+    produce.set_defaults(func=_cmd_produce)
+
+    demo = commands.add_parser("demo", help="local broker + worker + a workload")
+    demo.add_argument("--requests", type=int, default=5_000)
+    demo.add_argument("--pools", type=int, default=20)
+    demo.add_argument("--data-dir", dest="data_dir", type=Path)
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = commands.add_parser("bench", help="throughput and latency next to a bare relay")
+    bench.add_argument("--broker")
+    bench.add_argument("--requests", type=int, default=20_000)
+    bench.add_argument("--pools", type=int, default=200)
+    bench.add_argument("--data-dir", dest="data_dir", type=Path)
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `matchstream` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = _parser().parse_args(argv)
+    sys.exit(args.func(args))

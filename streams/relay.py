@@ -1,0 +1,99 @@
+"""The output relay: state changelog -> `match.status` and `match.found`.
+
+Outputs are a projection of durable state. The matcher only writes the state
+table; this relay reads the table's changelog topic and emits one status event
+per request record and one `match.found` per final match record, committing its
+offsets only after the broker acknowledged what it sent. So after any crash an
+output exists if and only if the state change behind it is in the changelog;
+re-emits after a crash are identical messages that consumers de-duplicate by
+`match_id` and `(request_id, status)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from mode import Service
+
+from models.codec import dumps, utc_now_iso
+from models.state import MatchState, RequestState, decode_state
+from streams.app import Matchstream
+from streams.topics import TopicNames
+
+__all__ = ["OutputRelay", "outputs_for", "register"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_RECORDS = 5_000
+
+
+def outputs_for(raw_record: bytes | None, names: TopicNames) -> Iterator[tuple[str, bytes, bytes]]:
+    """The (topic, key, value) outputs one state-table value stands for."""
+    if raw_record is None:
+        return
+    record = decode_state(raw_record)
+    if isinstance(record, RequestState):
+        event = record.status_event(at=utc_now_iso(record.changed_at))
+        yield names.status, record.pool_id.encode(), dumps(event)
+    elif isinstance(record, MatchState) and record.final:
+        yield names.found, record.found.pool_id.encode(), dumps(record.found)
+
+
+class OutputRelay(Service):
+    """Consumes the state changelog in its own consumer group and produces outputs."""
+
+    def __init__(self, stream: Matchstream, **kwargs: object) -> None:
+        self.stream = stream
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        super().__init__(**kwargs)  # type: ignore[arg-type]  # mode passes loop/beacon
+
+    async def on_start(self) -> None:
+        settings = self.stream.settings
+        hosts = ",".join(settings.broker_hosts)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=hosts, acks="all", linger_ms=2, enable_idempotence=True
+        )
+        self._consumer = AIOKafkaConsumer(
+            self.stream.state.changelog_topic.get_topic_name(),
+            bootstrap_servers=hosts,
+            group_id=f"{settings.app_id}-relay",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+            isolation_level="read_committed",
+        )
+        await self._producer.start()
+        await self._consumer.start()
+
+    async def on_stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    @Service.task
+    async def _relay(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        consumer, producer = self._consumer, self._producer
+        names = self.stream.names
+        while not self.should_stop:
+            batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
+            if not batches:
+                continue
+            pending: list[asyncio.Future[object]] = []
+            for messages in batches.values():
+                for message in messages:
+                    for topic, key, value in outputs_for(message.value, names):
+                        pending.append(await producer.send(topic, value=value, key=key))
+            # Commit only what the broker has acknowledged: a crash re-emits, never drops.
+            await asyncio.gather(*pending)
+            await consumer.commit()
+
+
+def register(stream: Matchstream) -> None:
+    """Start the relay with the app, once tables have recovered."""
+    stream.app.service(OutputRelay(stream))  # type: ignore[arg-type]  # instances are accepted

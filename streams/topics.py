@@ -1,0 +1,105 @@
+"""Topic names of the contract (section 1), with the optional prefix."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+__all__ = ["TopicLayoutError", "TopicNames", "ensure_topics"]
+
+log = logging.getLogger(__name__)
+
+
+class TopicLayoutError(RuntimeError):
+    """Existing topics do not have the layout Matchstream needs."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicNames:
+    """Every topic Matchstream reads or writes.
+
+    Example:
+        >>> TopicNames.with_prefix("test-").request
+        'test-match.request'
+    """
+
+    request: str
+    confirm: str
+    profile: str
+    command: str
+    found: str
+    status: str
+    recommendations: str
+    progress: str
+    dlq: str
+    tick: str
+    """Internal: timer ticks, one per partition, so that expiry runs inside the stream."""
+
+    @classmethod
+    def with_prefix(cls, prefix: str = "") -> TopicNames:
+        return cls(
+            request=f"{prefix}match.request",
+            confirm=f"{prefix}match.confirm",
+            profile=f"{prefix}profile-update",
+            command=f"{prefix}pool.command",
+            found=f"{prefix}match.found",
+            status=f"{prefix}match.status",
+            recommendations=f"{prefix}match.recommendations",
+            progress=f"{prefix}match.progress",
+            dlq=f"{prefix}match.dlq",
+            tick=f"{prefix}matchstream.tick",
+        )
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Co-partitioned topics the matcher consumes."""
+        return (self.request, self.command, self.tick)
+
+
+async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
+    """Create every contract topic with the configured partitions if missing.
+
+    Input topics must be co-partitioned, so an existing topic with another
+    partition count is an error the operator has to fix, not something to guess.
+
+    Raises:
+        TopicLayoutError: a topic exists with a different partition count.
+    """
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    wanted = [getattr(names, field.name) for field in fields(names)]
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=",".join(settings.broker_hosts), request_timeout_ms=int(timeout_s * 1000)
+    )
+    await admin.start()
+    try:
+        existing = {
+            item["topic"]: len(item["partitions"])
+            for item in await admin.describe_topics(wanted)
+            if item["error_code"] == 0
+        }
+        wrong = {
+            name: count for name, count in existing.items() if count != settings.topic_partitions
+        }
+        if wrong:
+            raise TopicLayoutError(
+                f"topics {wrong} exist with a partition count other than "
+                f"MATCHSTREAM_TOPIC_PARTITIONS={settings.topic_partitions}"
+            )
+        missing = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            for name in wanted
+            if name not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker created them first
+            log.info("topics created names=%s", ",".join(topic.name for topic in missing))
+    finally:
+        await admin.close()
