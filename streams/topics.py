@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from dataclasses import dataclass, fields
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -77,11 +79,10 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
     )
     await admin.start()
     try:
-        existing = {
-            item["topic"]: len(item["partitions"])
-            for item in await admin.describe_topics(wanted)
-            if item["error_code"] == 0
-        }
+        # Describe only topics that exist: describing a missing one can auto-create it
+        # with the broker's default partition count.
+        present = set(await admin.list_topics()) & set(wanted)
+        existing = await _partition_counts(admin, sorted(present))
         wrong = {
             name: count for name, count in existing.items() if count != settings.topic_partitions
         }
@@ -93,7 +94,7 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
         missing = [
             NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
             for name in wanted
-            if name not in existing
+            if name not in present
         ]
         if missing:
             try:
@@ -101,5 +102,33 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
             except TopicAlreadyExistsError:
                 pass  # another worker created them first
             log.info("topics created names=%s", ",".join(topic.name for topic in missing))
+        await _wait_for_leaders(admin, wanted, settings.topic_partitions, timeout_s)
     finally:
         await admin.close()
+
+
+async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    if not topics:
+        return {}
+    return {item["topic"]: len(item["partitions"]) for item in await admin.describe_topics(topics)}
+
+
+async def _wait_for_leaders(
+    admin: AIOKafkaAdminClient, topics: list[str], partitions: int, timeout_s: float
+) -> None:
+    """New topics answer NotLeaderForPartition until every partition has a leader."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(topics)
+        ready = [
+            item
+            for item in described
+            if item["error_code"] == 0
+            and len(item["partitions"]) == partitions
+            and all(part["leader"] >= 0 for part in item["partitions"])
+        ]
+        if len(ready) == len(topics):
+            return
+        if time.monotonic() > deadline:
+            raise TopicLayoutError(f"topics have no leaders after {timeout_s}s: {topics}")
+        await asyncio.sleep(0.1)
