@@ -53,6 +53,7 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
         outputs = await reader.settle()
 
     _assert_one_match_per_pool(outputs)
+    assert "did not stop cleanly" in worker.log_text()
     assert "engine rebuilt" in worker.log_text()
 
 
