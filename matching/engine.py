@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from matching.pool import PoolBook
+from matching.pool import PoolBook, same_criterion
 from matching.scoring import ScoredPair, group_score, score_pair
 from models.codec import utc_now_iso
 from models.messages import (
@@ -91,14 +91,16 @@ class MatchEngine:
             MisroutedError: the pool lives on another partition.
         """
         book = self._book(message.pool_id, partition)
+        effects = _expire_due(book, now)
         if message.type == "cancel":
-            return self._cancel(book, message, now)
-        effects = Effects()
+            effects.extend(self._cancel(book, message, now))
+            return effects
         if message.request_id in book.known_requests:
             return effects
         request = self._new_request(book, message, now)
         if book.closed:
-            return self._refuse(book, request, "pool_closed", now)
+            effects.extend(self._refuse(book, request, "pool_closed", now))
+            return effects
         previous_id = book.active_by_user.get(message.user_id)
         if previous_id is not None:
             previous = book.remove_waiting(previous_id)
@@ -116,7 +118,7 @@ class MatchEngine:
     def handle_command(self, command: PoolCommand, *, partition: int, now: float) -> Effects:
         """Apply a `pool.command` message."""
         book = self._book(command.pool_id, partition)
-        effects = Effects()
+        effects = _expire_due(book, now)
         match command.command:
             case "configure":
                 assert command.config is not None  # the model refuses configure without it
@@ -147,8 +149,7 @@ class MatchEngine:
         for book in list(self.pools.values()):
             if book.partition != partition:
                 continue
-            for request in book.pop_expired(now):
-                effects.writes.append(_end(request, "expired", "ttl", now))
+            effects.extend(_expire_due(book, now))
             if now >= book.next_sweep_at:
                 effects.extend(self._sweep(book, now))
         return effects
@@ -250,6 +251,13 @@ class MatchEngine:
         return effects
 
 
+def _expire_due(book: PoolBook, now: float) -> Effects:
+    """End requests past their TTL first, so they are never matched late."""
+    return Effects(
+        writes=[_end(request, "expired", "ttl", now) for request in book.pop_expired(now)]
+    )
+
+
 def _compatible(config: PoolConfig, left: RequestState, right: RequestState, now: float) -> bool:
     """Both agree on every `match_on` key neither of them has relaxed yet.
 
@@ -258,7 +266,7 @@ def _compatible(config: PoolConfig, left: RequestState, right: RequestState, now
     """
     for key in config.match_on:
         mine, theirs = left.criteria.get(key), right.criteria.get(key)
-        if mine is None or theirs is None or mine == theirs:
+        if mine is None or theirs is None or same_criterion(mine, theirs):
             continue
         limit = config.relax_after_s.get(key)
         if limit is None or now - left.queued_at < limit or now - right.queued_at < limit:

@@ -9,9 +9,19 @@ from collections.abc import Iterator
 from models.messages import CriterionValue, PoolConfig
 from models.state import RequestState
 
-__all__ = ["PoolBook"]
+__all__ = ["PoolBook", "same_criterion"]
 
-BucketKey = tuple[CriterionValue, ...]
+BucketKey = tuple[object, ...]
+
+
+def same_criterion(mine: CriterionValue, theirs: CriterionValue) -> bool:
+    """JSON equality: `true` is not `1`, though Python says so; `1` and `1.0` agree."""
+    return isinstance(mine, bool) == isinstance(theirs, bool) and mine == theirs
+
+
+def _bucket_value(value: CriterionValue) -> object:
+    # Keep booleans out of the buckets of the numbers Python considers equal to them.
+    return ("bool", value) if isinstance(value, bool) else value
 
 
 class PoolBook:
@@ -37,7 +47,7 @@ class PoolBook:
         self._expiries: list[tuple[float, str]] = []
 
     def bucket_key(self, request: RequestState) -> BucketKey:
-        return tuple(request.criteria.get(key) for key in self.config.match_on)
+        return tuple(_bucket_value(request.criteria.get(key)) for key in self.config.match_on)
 
     def add_waiting(self, request: RequestState) -> None:
         self.known_requests.add(request.request_id)

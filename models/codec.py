@@ -43,8 +43,9 @@ def decode(model: type[ModelT], raw: bytes | str | None) -> ModelT:
     """
     if raw is None or len(raw) == 0:
         raise DecodeError("empty message")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise DecodeError(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    size = len(raw.encode("utf-8", errors="surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
     data = loads(raw)
     if not isinstance(data, dict):
         raise DecodeError(f"expected a JSON object, got {type(data).__name__}")

@@ -73,6 +73,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         # A new consumer group must not skip requests produced before it started.
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Batch changelog and output writes: one produce request per write was the
+        # largest cost in a profile (socket writes), see docs/performance.md.
+        producer_linger=0.005,
         processing_guarantee="at_least_once",
         web_port=settings.web_port,
         web_bind="127.0.0.1",

@@ -52,7 +52,12 @@ def _cmd_produce(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
-    return run_demo(_settings_with(args), requests=args.requests, pools=args.pools)
+    return run_demo(
+        _settings_with(args),
+        requests=args.requests,
+        pools=args.pools,
+        keep_running=not args.exit_after_workload,
+    )
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -88,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=5_000)
     demo.add_argument("--pools", type=int, default=20)
     demo.add_argument("--data-dir", dest="data_dir", type=Path)
+    demo.add_argument(
+        "--exit", dest="exit_after_workload", action="store_true", help="stop after the workload"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     bench = commands.add_parser("bench", help="throughput and latency next to a bare relay")

@@ -7,12 +7,13 @@ import logging
 import time
 from dataclasses import dataclass, fields
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
 
-__all__ = ["TopicLayoutError", "TopicNames", "ensure_topics"]
+__all__ = ["TopicLayoutError", "TopicNames", "ensure_topics", "wait_until_consumed"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,40 @@ async def _wait_for_leaders(
         if time.monotonic() > deadline:
             raise TopicLayoutError(f"topics have no leaders after {timeout_s}s: {topics}")
         await asyncio.sleep(0.1)
+
+
+async def wait_until_consumed(settings: Settings, topic: str, *, timeout_s: float) -> None:
+    """Wait until the worker group has committed offsets at the end of `topic`.
+
+    Input topics are not ordered with each other, so a producer that needs its
+    pool commands applied before its requests waits for this in between.
+
+    Raises:
+        TimeoutError: the workers did not catch up in time.
+    """
+    hosts = ",".join(settings.broker_hosts)
+    consumer = AIOKafkaConsumer(bootstrap_servers=hosts)
+    admin = AIOKafkaAdminClient(bootstrap_servers=hosts)
+    await consumer.start()
+    await admin.start()
+    try:
+        partitions = [TopicPartition(topic, number) for number in range(settings.topic_partitions)]
+        ends = await consumer.end_offsets(partitions)
+
+        async def caught_up() -> None:
+            while True:
+                committed = await admin.list_consumer_group_offsets(settings.app_id)
+                if all(
+                    end == 0 or (tp in committed and committed[tp].offset >= end)
+                    for tp, end in ends.items()
+                ):
+                    return
+                await asyncio.sleep(0.2)
+
+        try:
+            await asyncio.wait_for(caught_up(), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"workers did not consume {topic} within {timeout_s}s") from None
+    finally:
+        await admin.close()
+        await consumer.stop()

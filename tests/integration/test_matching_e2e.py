@@ -9,9 +9,9 @@ import pytest
 
 from models.messages import TERMINAL_STATUSES
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, wait_until_consumed
 from streams.workload import Workload
-from tests.support.harness import OutputReader, Outputs, send_messages, wait_until_consumed
+from tests.support.harness import OutputReader, Outputs, send_messages
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.kafka_local import free_port
 from streams.settings import Settings
@@ -191,38 +190,3 @@ async def send_messages(
 async def prepare_topics(settings: Settings) -> None:
     await asyncio.wait_for(ensure_topics(settings), 60)
 
-
-async def wait_until_consumed(settings: Settings, topic: str, *, timeout_s: float) -> None:
-    """Wait until the worker group has committed offsets at the end of `topic`.
-
-    Input topics are not ordered with each other, so a test that needs its pool
-    commands applied before its requests waits for this first.
-    """
-    consumer = AIOKafkaConsumer(bootstrap_servers=",".join(settings.broker_hosts))
-    admin = AIOKafkaAdminClient(bootstrap_servers=",".join(settings.broker_hosts))
-    await consumer.start()
-    await admin.start()
-    try:
-        partitions = [
-            TopicPartition(topic, number)
-            for number in sorted(consumer.partitions_for_topic(topic) or [])
-        ] or [TopicPartition(topic, number) for number in range(settings.topic_partitions)]
-        ends = await consumer.end_offsets(partitions)
-
-        async def caught_up() -> None:
-            while True:
-                committed = await admin.list_consumer_group_offsets(settings.app_id)
-                if all(
-                    end == 0 or (tp in committed and committed[tp].offset >= end)
-                    for tp, end in ends.items()
-                ):
-                    return
-                await asyncio.sleep(0.2)
-
-        try:
-            await asyncio.wait_for(caught_up(), timeout_s)
-        except TimeoutError:
-            raise AssertionError(f"worker did not consume {topic} within {timeout_s}s") from None
-    finally:
-        await admin.close()
-        await consumer.stop()

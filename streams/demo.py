@@ -1,0 +1,161 @@
+"""`matchstream demo`: a local broker, a worker and a generated workload, live."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from streams.kafka_local import LocalKafka
+from streams.produce import produce_messages
+from streams.settings import Settings
+from streams.topics import TopicNames, ensure_topics, wait_until_consumed
+from streams.workload import Workload
+
+__all__ = ["run_demo"]
+
+_READY_LINE = "[^Worker]: Ready"
+
+
+def run_demo(settings: Settings, *, requests: int, pools: int, keep_running: bool = True) -> int:
+    """Start everything, feed a workload, show the outcome as it happens.
+
+    Args:
+        settings: broker port, data dir and web port come from here.
+        requests: how many match requests to produce.
+        pools: over how many pools.
+        keep_running: leave the worker running until Ctrl-C (else stop it at the end).
+    """
+    broker = LocalKafka(
+        port=settings.broker_port,
+        data_dir=settings.data_dir,
+        cache_dir=settings.kafka_cache_dir,
+    )
+    print(f"starting Kafka on {settings.broker_hosts[0]} (data in {settings.data_dir})")
+    broker.start(timeout_s=120)
+    asyncio.run(ensure_topics(settings))
+    log_path = Path(settings.data_dir) / "demo-worker.log"
+    worker = _start_worker(settings, log_path)
+    try:
+        _wait_ready(worker, log_path, timeout_s=120)
+        print(f"worker ready (log: {log_path})")
+        asyncio.run(_feed_and_watch(settings, Workload(requests=requests, pools=pools)))
+        _print_where_to_look(settings, log_path)
+        if keep_running:
+            print("worker keeps running; Ctrl-C stops it (the broker stays up)")
+            worker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+    return 0
+
+
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from streams.cli import main; main()",
+                "worker",
+                "--broker",
+                settings.broker,
+                "--data-dir",
+                str(settings.data_dir),
+                "--web-port",
+                str(settings.web_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _wait_ready(worker: subprocess.Popen[bytes], log_path: Path, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    start = log_path.stat().st_size if log_path.exists() else 0
+    while True:
+        with log_path.open("rb") as log:
+            log.seek(start)
+            if _READY_LINE in log.read().decode("utf-8", errors="replace"):
+                return
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; see {log_path}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker not ready after {timeout_s}s; see {log_path}")
+        time.sleep(0.2)
+
+
+async def _feed_and_watch(settings: Settings, workload: Workload) -> None:
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    messages = list(workload.messages())
+    configure = [m for m in messages if m.kind == "configure"]
+    rest = [m for m in messages if m.kind != "configure"]
+    await produce_messages(settings, configure, total=len(configure), progress=False)
+    await wait_until_consumed(settings, names.command, timeout_s=60)
+    consumer = AIOKafkaConsumer(
+        names.status,
+        names.found,
+        names.dlq,
+        bootstrap_servers=",".join(settings.broker_hosts),
+        auto_offset_reset="latest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.seek_to_end()
+        producing = asyncio.create_task(
+            produce_messages(settings, rest, total=len(rest), progress=False)
+        )
+        counts = await _watch(consumer, names, producing)
+    finally:
+        await consumer.stop()
+    print("\noutcome:", " ".join(f"{key}={value}" for key, value in sorted(counts.items())))
+
+
+async def _watch(
+    consumer: AIOKafkaConsumer, names: TopicNames, producing: asyncio.Task[Counter[str]]
+) -> Counter[str]:
+    """Print live counts until production ended and outputs were quiet for 3 s."""
+    counts: Counter[str] = Counter()
+    started = last_change = last_print = time.monotonic()
+    while not producing.done() or time.monotonic() - last_change < 3.0:
+        batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+        for tp, messages in batches.items():
+            last_change = time.monotonic()
+            for message in messages:
+                if tp.topic == names.status:
+                    counts[orjson.loads(message.value)["status"]] += 1
+                elif tp.topic == names.found:
+                    counts["match.found"] += 1
+                else:
+                    counts["dlq"] += 1
+        if time.monotonic() - last_print >= 1.0:
+            last_print = time.monotonic()
+            line = " ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+            print(f"[{last_print - started:5.1f}s] {line}", flush=True)
+    producing.result()
+    return counts
+
+
+def _print_where_to_look(settings: Settings, log_path: Path) -> None:
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    print(
+        "\nwhere to look:\n"
+        f"  worker log        {log_path}\n"
+        f"  worker web        http://127.0.0.1:{settings.web_port}/\n"
+        f"  output topics     {names.found}, {names.status}, {names.dlq} on {settings.broker_hosts[0]}\n"
+        "  stop the broker   matchstream kafka stop"
+    )
