@@ -1,0 +1,740 @@
+"""`matchstream bench`: the matcher's throughput and latency next to a bare relay.
+
+Every run starts its own single-node broker on a free port in a temporary
+directory under the data dir, uses topic names and consumer groups no other run
+shares, and removes everything when done. Three phases, one after the other:
+
+1. Bare relay. The workload's `match.request` messages are produced to an input
+   topic first; then one aiokafka consumer in a consumer group reads them and
+   produces each value to an output topic (acks=all), committing after every
+   acknowledged batch, like the worker's output relay. Rate = messages / time
+   from the first message received to the last batch acknowledged.
+2. Matcher. The same workload (with its `configure` commands) is produced to
+   `match.request` / `pool.command` before a worker process starts, so its
+   startup is outside the window. The window runs from the broker timestamp of
+   the first record the worker emits (`match.status`, `match.found`,
+   `match.dlq`) to that of the last, once the worker's consumer group has
+   committed the end of both input topics and its output relay has committed
+   the end of the state changelog: at that point every input message has been
+   processed and every output it causes exists. Rate = input messages (requests,
+   duplicates, cancels, configure commands) / window. Workload requests that
+   find no partner stay `queued`; they are processed all the same.
+3. Latency. Requests are produced at half the matcher's rate for about ten
+   seconds into fresh unconfigured (`pair`) pools, two per pool, so the second
+   request of each pool completes a match on arrival. Latency = the moment the
+   `match.found` is consumed minus the moment the completing request was sent,
+   both on this process's monotonic clock.
+
+Worker CPU is read from `/proc/<pid>/stat` (user + system time) every 100 ms and
+interpolated to each phase; the main thread's run-queue wait from
+`/proc/<pid>/schedstat` tells whether the worker had a core to itself (on a
+busy machine it did not, and the matcher numbers are low for that reason);
+peak RSS is `VmHWM` from `/proc/<pid>/status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from models.codec import dumps, loads, utc_now_iso
+from models.messages import TERMINAL_STATUSES
+from streams.kafka_local import KAFKA_VERSION, LocalKafka, LocalKafkaError, free_port
+from streams.produce import produce_messages
+from streams.settings import Settings
+from streams.topics import TopicNames, ensure_topics
+from streams.workload import Workload, WorkloadMessage
+
+__all__ = ["BenchError", "BenchReport", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+_BROKER_START_TIMEOUT_S = 120.0
+_CLIENT_TIMEOUT_S = 30.0
+_RELAY_TIMEOUT_S = 120.0
+_WORKER_FIRST_COMMIT_TIMEOUT_S = 120.0
+_MATCHER_MIN_RATE = 100.0
+"""Slower than this (input messages/s) counts as a failure, not a result."""
+_LATENCY_PHASE_S = 10.0
+_LATENCY_DRAIN_TIMEOUT_S = 30.0
+_WORKER_STOP_TIMEOUT_S = 20.0
+_POLL_S = 0.25
+_CPU_SAMPLE_S = 0.1
+_BATCH_RECORDS = 5_000
+_OVERSUBSCRIBED = 0.10
+"""Run-queue share of the worker above which the report warns about a busy machine."""
+_FALLING_BEHIND_MS = 250.0
+"""A late-phase median latency above this, and twice the early one, means a backlog."""
+
+
+class BenchError(RuntimeError):
+    """A phase did not finish in time or the worker died."""
+
+
+@dataclass
+class BenchReport:
+    """Every number the bench prints."""
+
+    requests: int
+    pools: int
+    partitions: int
+    relay_messages: int = 0
+    relay_rate: float = 0.0
+    matcher_messages: int = 0
+    matcher_window_s: float = 0.0
+    matcher_rate: float = 0.0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    latency_rate: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    """In the order the matches arrived."""
+    latency_expected: int = 0
+    latency_cpu_s_per_1k: float = 0.0
+    cpu_s_per_1k: float = 0.0
+    cpu_share: float = 0.0
+    """Worker CPU seconds per second of the matcher window."""
+    runqueue_share: float = 0.0
+    """Share of the matcher window the worker's main thread was runnable but not running."""
+    peak_rss_mib: float = 0.0
+
+    def markdown(self) -> str:
+        """The report as a machine line and a Markdown table."""
+        latencies = sorted(self.latencies_ms)
+        p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
+        missing = self.latency_expected - len(latencies)
+        outcomes = ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items()))
+        rows = [
+            (
+                "bare relay (aiokafka consume -> produce, acks=all)",
+                f"{self.relay_rate:,.0f} msgs/s",
+            ),
+            (
+                "matcher (worker; every match.request and pool.command message)",
+                f"{self.matcher_rate:,.0f} requests/s",
+            ),
+            ("ratio matcher / bare relay", f"{self.matcher_rate / self.relay_rate:.2f}"),
+            (
+                f"latency p50 / p99 at {self.latency_rate:,.0f} requests/s",
+                f"{p50:.1f} / {p99:.1f} ms" + (f" ({missing} matches missing)" if missing else ""),
+            ),
+            ("worker CPU per 1,000 requests (matcher window)", f"{self.cpu_s_per_1k:.2f} s"),
+            ("worker peak RSS", f"{self.peak_rss_mib:,.0f} MiB"),
+        ]
+        machine = (
+            f"Machine: {os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, "
+            f"Python {platform.python_version()}, Kafka {KAFKA_VERSION} (local single node); "
+            f"{self.requests:,} requests over {self.pools:,} pools, "
+            f"{self.partitions} partitions"
+        )
+        window = (
+            f"Matcher window: {self.matcher_messages:,} input messages in "
+            f"{self.matcher_window_s:.2f} s; request outcomes: {outcomes or 'none'}. "
+            f"The worker kept {self.cpu_share:.0%} of a core busy and waited for a free "
+            f"core {self.runqueue_share:.0%} of the window."
+        )
+        if self.runqueue_share > _OVERSUBSCRIBED:
+            window += (
+                " The cores were oversubscribed (broker, bench and other processes), so "
+                "the matcher rows understate what the worker does on a quiet machine."
+            )
+        quarter = max(1, len(self.latencies_ms) // 4)
+        early = _percentile(sorted(self.latencies_ms[:quarter]), 50)
+        late = _percentile(sorted(self.latencies_ms[-quarter:]), 50)
+        paced = (
+            f"Latency phase: {self.latency_expected:,} pairs; worker CPU "
+            f"{self.latency_cpu_s_per_1k:.2f} s per 1,000 requests; median latency "
+            f"{early:.0f} ms in the first quarter, {late:.0f} ms in the last."
+        )
+        if late > 2 * early and late > _FALLING_BEHIND_MS:
+            paced += (
+                " The worker fell behind the paced input, so the latency rows include "
+                "queueing: paced input arrives in small batches, which cost the worker "
+                "more per message than the backlog of the matcher window did."
+            )
+        lines = [
+            machine,
+            "",
+            "| measure | value |",
+            "|---|---|",
+            *(f"| {name} | {value} |" for name, value in rows),
+            "",
+            window,
+            paced,
+        ]
+        return "\n".join(lines)
+
+
+def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
+    """Measure a bare relay and the matcher on a fresh local broker and print a table.
+
+    The broker in `settings` is not used: every run starts its own, so numbers
+    never include someone else's traffic or leftover topics.
+
+    Args:
+        settings: data dir (the run's temporary directory is made inside it),
+            partitions, jar cache; broker, topic prefix, app id and web port are
+            replaced for the run.
+        requests: workload requests of the throughput phases.
+        pools: pools the workload spreads them over.
+
+    Returns:
+        0 on success, 1 when a phase failed (the reason is printed).
+
+    Example:
+        >>> run_bench(Settings(), requests=2_000, pools=40)  # doctest: +SKIP
+        0
+    """
+    if requests < 2 or pools < 1:
+        raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
+    started = time.monotonic()
+    run = uuid.uuid4().hex[:8]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=settings.data_dir) as tmp:
+        home = Path(tmp)
+        kafka = LocalKafka(port=free_port(), data_dir=home, cache_dir=settings.kafka_cache_dir)
+        bench = settings.model_copy(
+            update={
+                "broker": f"kafka://127.0.0.1:{kafka.port}",
+                "topic_prefix": f"bench-{run}-",
+                "app_id": f"matchstream-bench-{run}",
+                "data_dir": home,
+                "web_port": free_port(),
+            }
+        )
+        report = BenchReport(requests=requests, pools=pools, partitions=bench.topic_partitions)
+        workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
+        try:
+            kafka.start(timeout_s=_BROKER_START_TIMEOUT_S)
+            asyncio.run(_bench(bench, workload, report))
+        except (BenchError, LocalKafkaError, TimeoutError) as exc:
+            log.error("bench.failed error=%r", exc)
+            print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+            return 1
+        finally:
+            kafka.stop()
+    print(report.markdown())
+    log.info("bench.done elapsed_s=%.1f", time.monotonic() - started)
+    return 0
+
+
+async def _bench(settings: Settings, workload: Workload, report: BenchReport) -> None:
+    messages = list(workload.messages())
+    report.relay_messages, report.relay_rate = await _bare_relay(
+        settings, [message for message in messages if message.topic_kind == "request"]
+    )
+    log.info("bench.relay messages=%d rate=%.0f", report.relay_messages, report.relay_rate)
+
+    await asyncio.wait_for(ensure_topics(settings), _CLIENT_TIMEOUT_S)
+    await asyncio.wait_for(
+        produce_messages(settings, messages, total=len(messages), progress=False),
+        _CLIENT_TIMEOUT_S + len(messages) / 1_000,
+    )
+    worker = _WorkerProcess(settings)
+    worker.start()
+    try:
+        sampler = asyncio.create_task(worker.sample_cpu())
+        try:
+            await _measure_matcher(settings, worker, workload, len(messages), report)
+            await _measure_latency(settings, worker, report)
+        finally:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+        report.peak_rss_mib = worker.peak_rss_mib()
+    finally:
+        await asyncio.to_thread(worker.stop)
+
+
+# -- phase 1: the bare relay -----------------------------------------------------------
+
+
+async def _bare_relay(settings: Settings, messages: Sequence[WorkloadMessage]) -> tuple[int, float]:
+    """Produce `messages`, then time a consume -> produce -> commit loop over them."""
+    relay_settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}relay-"})
+    names = TopicNames.with_prefix(relay_settings.topic_prefix)
+    await asyncio.wait_for(ensure_topics(relay_settings), _CLIENT_TIMEOUT_S)
+    await asyncio.wait_for(
+        produce_messages(relay_settings, messages, total=len(messages), progress=False),
+        _CLIENT_TIMEOUT_S + len(messages) / 1_000,
+    )
+    hosts = ",".join(settings.broker_hosts)
+    # The same client settings as streams.relay.OutputRelay.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=hosts, acks="all", linger_ms=2, enable_idempotence=True
+    )
+    consumer = AIOKafkaConsumer(
+        names.request,
+        bootstrap_servers=hosts,
+        group_id=f"{settings.app_id}-bare-relay",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=20,
+    )
+    await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
+    try:
+        await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(
+                _relay_all(consumer, producer, names.status, len(messages)), _RELAY_TIMEOUT_S
+            )
+        finally:
+            await consumer.stop()
+    finally:
+        await producer.stop()
+
+
+async def _relay_all(
+    consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, output: str, total: int
+) -> tuple[int, float]:
+    done = 0
+    first: float | None = None
+    while done < total:
+        batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
+        if not batches:
+            continue
+        if first is None:
+            first = time.monotonic()
+        pending = []
+        for records in batches.values():
+            for record in records:
+                pending.append(await producer.send(output, value=record.value, key=record.key))
+        await asyncio.gather(*pending)
+        await consumer.commit()
+        done += len(pending)
+    assert first is not None
+    return done, done / max(time.monotonic() - first, 1e-6)
+
+
+# -- phase 2: the matcher --------------------------------------------------------------
+
+
+async def _measure_matcher(
+    settings: Settings,
+    worker: _WorkerProcess,
+    workload: Workload,
+    total: int,
+    report: BenchReport,
+) -> None:
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    hosts = ",".join(settings.broker_hosts)
+    async with _Offsets(hosts) as offsets:
+        inputs = await offsets.ends(names.request, names.command)
+        await worker.wait_until(
+            lambda: offsets.committed(settings.app_id, inputs),
+            _WORKER_FIRST_COMMIT_TIMEOUT_S + total / _MATCHER_MIN_RATE,
+            "the matcher to commit the end of its input topics",
+        )
+        changelog = await offsets.ends(_changelog_topic(settings))
+        await worker.wait_until(
+            lambda: offsets.committed(f"{settings.app_id}-relay", changelog),
+            _CLIENT_TIMEOUT_S,
+            "the output relay to commit the end of the state changelog",
+        )
+        outputs = await offsets.ends(names.status, names.found, names.dlq)
+    first_ms, last_ms, outcomes = await _read_outputs(hosts, outputs, names)
+    window = (last_ms - first_ms) / 1_000
+    report.matcher_messages = total
+    report.matcher_window_s = window
+    report.matcher_rate = total / max(window, 1e-3)
+    report.outcomes = outcomes
+    cpu, waited = worker.cpu_between(first_ms / 1_000, last_ms / 1_000)
+    report.cpu_s_per_1k = cpu / (workload.requests / 1_000)
+    report.cpu_share = cpu / max(window, 1e-3)
+    report.runqueue_share = waited / max(window, 1e-3)
+    log.info(
+        "bench.matcher messages=%d window_s=%.2f rate=%.0f cpu_s=%.2f runqueue_s=%.2f",
+        total,
+        window,
+        report.matcher_rate,
+        cpu,
+        waited,
+    )
+
+
+def _changelog_topic(settings: Settings) -> str:
+    # Faust names a table's changelog `<app id>-<table name>-changelog`.
+    return f"{settings.app_id}-state-changelog"
+
+
+class _Offsets:
+    """End offsets of topics and committed offsets of consumer groups."""
+
+    def __init__(self, hosts: str) -> None:
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=hosts)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=hosts, group_id=None)
+
+    async def __aenter__(self) -> Self:
+        await asyncio.wait_for(self._admin.start(), _CLIENT_TIMEOUT_S)
+        try:
+            await asyncio.wait_for(self._consumer.start(), _CLIENT_TIMEOUT_S)
+        except BaseException:
+            await self._admin.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def partitions(self, *topics: str) -> list[TopicPartition]:
+        """Every partition of `topics`."""
+        described = await asyncio.wait_for(
+            self._admin.describe_topics(list(topics)), _CLIENT_TIMEOUT_S
+        )
+        return [
+            TopicPartition(item["topic"], part["partition"])
+            for item in described
+            for part in item["partitions"]
+        ]
+
+    async def ends(self, *topics: str) -> dict[TopicPartition, int]:
+        """End offsets of every partition of `topics`, empty partitions left out."""
+        partitions = await self.partitions(*topics)
+        ends = await asyncio.wait_for(self._consumer.end_offsets(partitions), _CLIENT_TIMEOUT_S)
+        return {tp: offset for tp, offset in ends.items() if offset > 0}
+
+    async def committed(self, group: str, targets: dict[TopicPartition, int]) -> bool:
+        """Whether `group` has committed at least `targets`."""
+        try:
+            committed = await asyncio.wait_for(
+                self._admin.list_consumer_group_offsets(group), _CLIENT_TIMEOUT_S
+            )
+        except KafkaError as exc:
+            # A group that has not committed yet may have no coordinator either.
+            log.debug("bench.offsets.unavailable group=%s error=%r", group, exc)
+            return False
+        return all(
+            tp in committed and committed[tp].offset >= offset for tp, offset in targets.items()
+        )
+
+
+async def _read_outputs(
+    hosts: str, ends: dict[TopicPartition, int], names: TopicNames
+) -> tuple[int, int, Counter[str]]:
+    """First and last record timestamps (ms) up to `ends`, and each request's last status."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=hosts, group_id=None, enable_auto_commit=False)
+    await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
+    first_ms, last_ms = sys.maxsize, 0
+    last_status: dict[str, str] = {}
+    dlq = 0
+    try:
+        consumer.assign(list(ends))
+        for tp in ends:
+            consumer.seek(tp, 0)
+        remaining = dict(ends)
+
+        async def drain() -> None:
+            nonlocal first_ms, last_ms, dlq
+            while remaining:
+                batches = await consumer.getmany(timeout_ms=500, max_records=_BATCH_RECORDS)
+                for tp, records in batches.items():
+                    for record in records:
+                        if record.offset >= ends[tp]:
+                            continue
+                        first_ms = min(first_ms, record.timestamp)
+                        last_ms = max(last_ms, record.timestamp)
+                        if tp.topic == names.dlq:
+                            dlq += 1
+                        elif tp.topic == names.status:
+                            event = loads(record.value)
+                            if event.get("about") is None:
+                                last_status[event["request_id"]] = event["status"]
+                    if records and records[-1].offset + 1 >= ends[tp]:
+                        remaining.pop(tp, None)
+
+        await asyncio.wait_for(drain(), _CLIENT_TIMEOUT_S)
+    finally:
+        await consumer.stop()
+    if last_ms == 0:
+        raise BenchError("the worker emitted no output")
+    outcomes: Counter[str] = Counter(
+        status if status in TERMINAL_STATUSES else f"still {status}"
+        for status in last_status.values()
+    )
+    if dlq:
+        outcomes["dlq"] = dlq
+    return first_ms, last_ms, outcomes
+
+
+# -- phase 3: latency ------------------------------------------------------------------
+
+
+async def _measure_latency(settings: Settings, worker: _WorkerProcess, report: BenchReport) -> None:
+    names = TopicNames.with_prefix(settings.topic_prefix)
+    hosts = ",".join(settings.broker_hosts)
+    rate = max(10.0, round(report.matcher_rate / 2))
+    count = max(20, int(rate * _LATENCY_PHASE_S) // 2 * 2)
+    report.latency_rate, report.latency_expected = rate, count // 2
+    async with _Offsets(hosts) as offsets:
+        found_ends = await offsets.ends(names.found)
+        partitions = await offsets.partitions(names.found)
+    sent: dict[str, float] = {}
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=hosts, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=hosts, acks="all", linger_ms=0)
+    await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
+    try:
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, found_ends.get(tp, 0))
+        await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
+        receiver = asyncio.create_task(_receive_found(consumer, sent, report))
+        started = time.time()
+        try:
+            await asyncio.wait_for(
+                _send_paced(producer, names.request, rate, count, sent),
+                _LATENCY_PHASE_S * 2 + _CLIENT_TIMEOUT_S,
+            )
+            await worker.wait_until(
+                lambda: _all_received(report),
+                _LATENCY_DRAIN_TIMEOUT_S,
+                "the latency phase's matches",
+                fail=False,
+            )
+            cpu, _ = worker.cpu_between(started, time.time())
+            report.latency_cpu_s_per_1k = cpu / (count / 1_000)
+        finally:
+            receiver.cancel()
+            await asyncio.gather(receiver, return_exceptions=True)
+            await producer.stop()
+    finally:
+        await consumer.stop()
+    log.info(
+        "bench.latency rate=%.0f matches=%d/%d p50_ms=%.1f p99_ms=%.1f",
+        rate,
+        len(report.latencies_ms),
+        report.latency_expected,
+        _percentile(sorted(report.latencies_ms), 50),
+        _percentile(sorted(report.latencies_ms), 99),
+    )
+
+
+async def _send_paced(
+    producer: AIOKafkaProducer, topic: str, rate: float, count: int, sent: dict[str, float]
+) -> None:
+    """Send `count` requests `1/rate` apart; every second one completes its pool's pair."""
+    run = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    for number in range(count):
+        delay = started + number / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        pool_id = f"lat-{run}-{number // 2}"
+        request_id = f"lat-{run}-r-{number}"
+        request = {
+            "request_id": request_id,
+            "pool_id": pool_id,
+            "user_id": f"lat-{run}-u-{number}",
+            "created_at": utc_now_iso(),
+        }
+        if number % 2:
+            sent[request_id] = time.monotonic()
+        await producer.send(topic, value=dumps(request), key=pool_id.encode())
+    await asyncio.wait_for(producer.flush(), _CLIENT_TIMEOUT_S)
+
+
+async def _receive_found(
+    consumer: AIOKafkaConsumer, sent: dict[str, float], report: BenchReport
+) -> None:
+    while True:
+        batches = await consumer.getmany(timeout_ms=200)
+        now = time.monotonic()
+        for records in batches.values():
+            for record in records:
+                for member in loads(record.value)["members"]:
+                    at = sent.pop(member["request_id"], None)
+                    if at is not None:
+                        report.latencies_ms.append((now - at) * 1_000)
+
+
+async def _all_received(report: BenchReport) -> bool:
+    return len(report.latencies_ms) >= report.latency_expected
+
+
+def _percentile(ordered: Sequence[float], percent: float) -> float:
+    """Nearest-rank percentile of an ascending sequence; 0 when empty."""
+    if not ordered:
+        return 0.0
+    rank = max(1, -(-len(ordered) * percent // 100))
+    return ordered[int(rank) - 1]
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+class _WorkerProcess:
+    """A `matchstream worker` subprocess with its CPU time sampled over time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.log_path = settings.data_dir / "worker.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._times: list[float] = []
+        self._samples: list[tuple[float, float]] = []
+        """(CPU seconds, seconds spent runnable but waiting for a CPU) at `_times`."""
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        settings = self.settings
+        # The child reads its settings from the environment like any worker; the
+        # rest of the environment (PATH, a database URL, ...) passes through.
+        env = {
+            **os.environ,
+            "MATCHSTREAM_BROKER": settings.broker,
+            "MATCHSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "MATCHSTREAM_APP_ID": settings.app_id,
+            "MATCHSTREAM_DATA_DIR": str(settings.data_dir),
+            "MATCHSTREAM_WEB_PORT": str(settings.web_port),
+            "MATCHSTREAM_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        }
+        command = [sys.executable, "-c", "from streams.cli import main; main()", "worker"]
+        with self.log_path.open("ab") as output:
+            self._process = subprocess.Popen(
+                command,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=settings.data_dir,
+            )
+        log.info("bench.worker.started pid=%d log=%s", self._process.pid, self.log_path)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 20 s."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=_WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.warning("bench.worker.kill pid=%d reason=timeout", process.pid)
+            process.kill()
+            process.wait(timeout=_WORKER_STOP_TIMEOUT_S)
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def _check_alive(self) -> None:
+        assert self._process is not None
+        code = self._process.poll()
+        if code is not None:
+            raise BenchError(f"the worker exited with {code}; last lines:\n{self._log_tail()}")
+
+    async def wait_until(
+        self,
+        condition: Callable[[], Awaitable[bool]],
+        timeout_s: float,
+        what: str,
+        *,
+        fail: bool = True,
+    ) -> None:
+        """Poll `condition` while the worker lives, until it is true or time is up.
+
+        Raises:
+            BenchError: the worker died, or time ran out and `fail` is set.
+        """
+
+        async def poll() -> None:
+            while True:
+                self._check_alive()
+                if await condition():
+                    return
+                await asyncio.sleep(_POLL_S)
+
+        try:
+            await asyncio.wait_for(poll(), timeout_s)
+        except TimeoutError:
+            if fail:
+                raise BenchError(
+                    f"timed out after {timeout_s:.0f}s waiting for {what}; worker log "
+                    f"tail:\n{self._log_tail()}"
+                ) from None
+            log.warning("bench.timeout waiting_for=%r timeout_s=%.0f", what, timeout_s)
+
+    async def sample_cpu(self) -> None:
+        """Record the worker's CPU and run-queue time every 100 ms until cancelled."""
+        while True:
+            sample = self._read_cpu()
+            if sample is not None:
+                self._times.append(time.time())
+                self._samples.append(sample)
+            await asyncio.sleep(_CPU_SAMPLE_S)
+
+    def _read_cpu(self) -> tuple[float, float] | None:
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            # The main thread's; Faust does all its work on the event loop thread.
+            schedstat = Path(f"/proc/{self.pid}/schedstat").read_text().split()
+        except (OSError, IndexError):
+            return None
+        # Fields 14 and 15 of proc(5), utime and stime; field 3 is stat[0] here.
+        cpu = (int(stat[11]) + int(stat[12])) / self._tick
+        return cpu, int(schedstat[1]) / 1e9
+
+    def cpu_between(self, start: float, end: float) -> tuple[float, float]:
+        """CPU seconds used and seconds spent waiting for a CPU between two wall-clock moments."""
+        (cpu_end, wait_end), (cpu_start, wait_start) = self._at(end), self._at(start)
+        return cpu_end - cpu_start, wait_end - wait_start
+
+    def _at(self, moment: float) -> tuple[float, float]:
+        """The counters at `moment`, interpolated between the nearest samples."""
+        times, samples = self._times, self._samples
+        if not samples:
+            return 0.0, 0.0
+        index = bisect.bisect_left(times, moment)
+        if index == 0:
+            return samples[0]
+        if index == len(samples):
+            return samples[-1]
+        share = (moment - times[index - 1]) / max(times[index] - times[index - 1], 1e-9)
+        before, after = samples[index - 1], samples[index]
+        return (
+            before[0] + (after[0] - before[0]) * share,
+            before[1] + (after[1] - before[1]) * share,
+        )
+
+    def peak_rss_mib(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(text[-lines:])
+
+
+def _ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return 0.0

@@ -1,0 +1,61 @@
+"""`matchstream bench` end to end, at a size CI can afford: its own broker and worker."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from streams.bench import run_bench
+from streams.settings import get_settings
+
+pytestmark = pytest.mark.integration
+
+_NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
+
+
+def _table(output: str) -> dict[str, str]:
+    """Markdown table rows as {first cell: second cell}, header and rule left out."""
+    rows = {}
+    for line in output.splitlines():
+        if not line.startswith("|") or line.startswith("|---"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        assert len(cells) == 2, line
+        rows[cells[0]] = cells[1]
+    return rows
+
+
+def _row(rows: dict[str, str], prefix: str) -> str:
+    found = [value for name, value in rows.items() if name.startswith(prefix)]
+    assert len(found) == 1, (prefix, rows)
+    return found[0]
+
+
+def _numbers(text: str) -> list[float]:
+    return [float(match.replace(",", "")) for match in _NUMBER.findall(text)]
+
+
+def test_bench_prints_relay_matcher_and_latency(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = get_settings().model_copy(update={"data_dir": tmp_path})
+    code = run_bench(settings, requests=1_000, pools=20)
+
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert output.startswith("Machine: ")
+    rows = _table(output)
+    relay = _numbers(_row(rows, "bare relay"))
+    matcher = _numbers(_row(rows, "matcher"))
+    assert relay and relay[0] > 0
+    assert matcher and matcher[0] > 0
+    assert _numbers(_row(rows, "ratio matcher / bare relay"))[0] > 0
+    p50, p99 = _numbers(_row(rows, "latency p50 / p99"))[:2]
+    assert 0 < p50 <= p99
+    assert "missing" not in _row(rows, "latency p50 / p99")
+    assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
+    assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
+    # The run's broker, worker and files are gone with its temporary directory.
+    assert list(tmp_path.iterdir()) == []
