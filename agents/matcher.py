@@ -24,6 +24,8 @@ __all__ = ["register"]
 
 log = logging.getLogger(__name__)
 
+_PROGRESS_LOG_INTERVAL_S = 10.0
+
 Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
 
 
@@ -61,20 +63,55 @@ def register(stream: Matchstream) -> None:
             time.monotonic() - started,
         )
 
+    progress = _Progress()
+
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
-            await _process(stream, handlers, event)
+            await _process(stream, handlers, event, progress)
+
+    @stream.app.timer(_PROGRESS_LOG_INTERVAL_S, name="matcher_progress")
+    async def log_progress() -> None:
+        progress.log_since_last(stream.engine)
 
 
-async def _process(stream: Matchstream, handlers: dict[str, Handler], event: EventT) -> None:
+class _Progress:
+    """Counters for the operator's periodic progress line."""
+
+    def __init__(self) -> None:
+        self.inputs = self.writes = self.rejected = 0
+        self._logged = (0, 0, 0)
+
+    def log_since_last(self, engine: MatchEngine) -> None:
+        now = (self.inputs, self.writes, self.rejected)
+        if now == self._logged:
+            return
+        inputs, writes, rejected = (a - b for a, b in zip(now, self._logged, strict=True))
+        self._logged = now
+        log.info(
+            "matcher progress inputs=%d state_writes=%d rejected=%d pools=%d waiting=%d",
+            inputs,
+            writes,
+            rejected,
+            len(engine.pools),
+            sum(len(book.waiting) for book in engine.pools.values()),
+        )
+
+
+async def _process(
+    stream: Matchstream, handlers: dict[str, Handler], event: EventT, progress: _Progress
+) -> None:
     message = event.message
     handler = handlers[message.topic]
+    if message.topic != stream.names.tick:
+        progress.inputs += 1
     try:
         effects = handler(stream.engine, event.value, message.partition, time.time())
     except (DecodeError, MisroutedError) as exc:
+        progress.rejected += 1
         await _reject(stream, event, str(exc))
         return
+    progress.writes += len(effects.writes)
     for key, record in effects.writes:
         stream.state[key] = dumps(record)
     for notice in effects.notices:

@@ -76,6 +76,10 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         # Batch changelog and output writes: one produce request per write was the
         # largest cost in a profile (socket writes), see docs/performance.md.
         producer_linger=0.005,
+        # A killed worker's partitions stay orphaned until its session times out;
+        # Faust's default of 60 s would stall every restart after a crash that long.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         processing_guarantee="at_least_once",
         web_port=settings.web_port,
         web_bind="127.0.0.1",

@@ -47,7 +47,7 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
         await worker.wait_ready()
         outputs = await reader.wait_for(
             lambda out: len({f["match_id"] for f in out.found}) >= len(POOLS),
-            timeout_s=90,
+            timeout_s=120,
             what="a match in every pool after the restart",
         )
         outputs = await reader.settle()
