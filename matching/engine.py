@@ -227,9 +227,7 @@ class MatchEngine:
         effects = Effects()
         if book.paused or book.config.mode not in _MATCHING_MODES:
             return effects
-        order = sorted(
-            book.waiting.values(), key=lambda item: (-item.priority, item.queued_at)
-        )
+        order = sorted(book.waiting.values(), key=lambda item: (-item.priority, item.queued_at))
         for request in order:
             if request.request_id not in book.waiting:
                 continue  # already taken as someone's partner in this sweep
@@ -372,9 +370,7 @@ def _form_match(
     return effects
 
 
-def _agreed_criteria(
-    config: PoolConfig, members: list[RequestState]
-) -> dict[str, CriterionValue]:
+def _agreed_criteria(config: PoolConfig, members: list[RequestState]) -> dict[str, CriterionValue]:
     """Each criterion all members share; None where a relaxed key differed."""
     keys = dict.fromkeys(key for member in members for key in member.criteria)
     agreed: dict[str, CriterionValue] = {}

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 __all__ = [
+    "TERMINAL_STATUSES",
     "Criteria",
     "DlqRecord",
     "MatchConfirm",
@@ -26,7 +27,6 @@ __all__ = [
     "ProfileUpdate",
     "Seat",
     "Status",
-    "TERMINAL_STATUSES",
 ]
 
 Identifier = Annotated[
@@ -147,9 +147,7 @@ class PoolConfig(_Input):
 class PoolCommand(_Input):
     """`pool.command`: configure or steer a pool."""
 
-    command: Literal[
-        "configure", "pause", "resume", "start_matching", "clear", "rematch", "close"
-    ]
+    command: Literal["configure", "pause", "resume", "start_matching", "clear", "rematch", "close"]
     pool_id: Identifier
     config: PoolConfig | None = None
 

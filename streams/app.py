@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import faust
-from faust.types import TopicT
+from faust.types import TableT, TopicT
 
 from matching.engine import MatchEngine
 from streams.settings import Settings
@@ -34,7 +34,7 @@ class Matchstream:
     status: TopicT
     dlq: TopicT
     tick: TopicT
-    state: faust.Table
+    state: TableT
     engine: MatchEngine
 
 

@@ -43,7 +43,9 @@ def worker_factory(settings: Settings, tmp_path: Path) -> Iterator[type[WorkerPr
 
     class _Factory(WorkerProcess):
         def __init__(self, data_dir: Path | None = None) -> None:
-            own = settings if data_dir is None else settings.model_copy(update={"data_dir": data_dir})
+            own = (
+                settings if data_dir is None else settings.model_copy(update={"data_dir": data_dir})
+            )
             if data_dir is not None:
                 own = own.model_copy(update={"web_port": free_port()})
             super().__init__(own, tmp_path / f"worker-{len(started)}.log")

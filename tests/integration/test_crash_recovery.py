@@ -33,7 +33,9 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
     worker.start()
     async with OutputReader(settings) as reader:
         await worker.wait_ready()
-        await send_messages(settings, [(names.request, p.encode(), _request(p, "a")) for p in POOLS])
+        await send_messages(
+            settings, [(names.request, p.encode(), _request(p, "a")) for p in POOLS]
+        )
         await reader.wait_for(
             lambda out: sum(e["status"] == "queued" for e in out.statuses) >= len(POOLS),
             timeout_s=60,
@@ -42,7 +44,9 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
         worker.kill()
 
         # Partners arrive while the worker is down; nothing may be lost either way.
-        await send_messages(settings, [(names.request, p.encode(), _request(p, "b")) for p in POOLS])
+        await send_messages(
+            settings, [(names.request, p.encode(), _request(p, "b")) for p in POOLS]
+        )
         worker.start()
         await worker.wait_ready()
         outputs = await reader.wait_for(
@@ -63,7 +67,9 @@ def _assert_one_match_per_pool(outputs: Outputs) -> None:
         by_match[str(found["match_id"])].add(orjson.dumps(found, option=orjson.OPT_SORT_KEYS))
     assert all(len(bodies) == 1 for bodies in by_match.values()), "match_id re-used differently"
     members = {
-        m["request_id"] for found in outputs.found for m in found["members"]  # type: ignore[index]
+        m["request_id"]
+        for found in outputs.found
+        for m in found["members"]  # type: ignore[index]
     }
     assert members == {f"{p}-{side}" for p in POOLS for side in "ab"}
     assert len(by_match) == len(POOLS)

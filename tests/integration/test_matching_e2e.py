@@ -61,9 +61,7 @@ async def test_workload_every_request_ends_once_and_matches_follow_rules(
             settings,
             ((topics[m.topic_kind], m.key, m.value) for m in messages if m.kind != "configure"),
         )
-        await reader.wait_for(
-            lambda out: len(out.dlq) >= 50, timeout_s=120, what="50 DLQ records"
-        )
+        await reader.wait_for(lambda out: len(out.dlq) >= 50, timeout_s=120, what="50 DLQ records")
         # Close every pool so that requests still waiting for a partner end too.
         closes = (
             (names.command, pool.encode(), orjson.dumps({"command": "close", "pool_id": pool}))
@@ -86,7 +84,9 @@ async def test_workload_every_request_ends_once_and_matches_follow_rules(
     matches = {str(found["match_id"]): found for found in outputs.found}
     matched_requests = [m["request_id"] for found in matches.values() for m in found["members"]]
     assert len(matched_requests) == len(set(matched_requests)), "a request is in two matches"
-    matched_status = {rid for rid, outcomes in ended.items() if next(iter(outcomes))[0] == "matched"}
+    matched_status = {
+        rid for rid, outcomes in ended.items() if next(iter(outcomes))[0] == "matched"
+    }
     assert matched_status == set(matched_requests)
     assert len(matches) > 300
     for found in matches.values():
@@ -136,7 +136,11 @@ async def test_pause_queues_resume_matches_and_configure_takes_effect(
     async with OutputReader(settings) as reader:
         await worker.wait_ready()
         await send_messages(
-            settings, [command("paused", "pause"), command("strict", "configure", config={"match_on": ["level"]})]
+            settings,
+            [
+                command("paused", "pause"),
+                command("strict", "configure", config={"match_on": ["level"]}),
+            ],
         )
         await wait_until_consumed(settings, names.command, timeout_s=60)
         await send_messages(
@@ -149,8 +153,9 @@ async def test_pause_queues_resume_matches_and_configure_takes_effect(
             ],
         )
         await reader.wait_for(
-            lambda out: statuses_of(out, "queued")
-            >= {"paused-r1", "paused-r2", "strict-r1", "strict-r2"},
+            lambda out: (
+                statuses_of(out, "queued") >= {"paused-r1", "paused-r2", "strict-r1", "strict-r2"}
+            ),
             timeout_s=60,
             what="four queued requests",
         )
@@ -161,8 +166,9 @@ async def test_pause_queues_resume_matches_and_configure_takes_effect(
             settings, [command("paused", "resume"), command("strict", "configure", config={})]
         )
         outputs = await reader.wait_for(
-            lambda out: statuses_of(out, "matched")
-            >= {"paused-r1", "paused-r2", "strict-r1", "strict-r2"},
+            lambda out: (
+                statuses_of(out, "matched") >= {"paused-r1", "paused-r2", "strict-r1", "strict-r2"}
+            ),
             timeout_s=30,
             what="matches after resume and reconfigure",
         )

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -81,7 +82,9 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"worker exited:\n{self.log_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"worker not ready in {timeout_s}s:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"worker not ready in {timeout_s}s:\n{self.log_text()[-3000:]}"
+                )
             await asyncio.sleep(0.2)
 
     def kill(self) -> None:
@@ -126,7 +129,7 @@ class OutputReader:
             fetch_max_wait_ms=50,
         )
 
-    async def __aenter__(self) -> OutputReader:
+    async def __aenter__(self) -> Self:
         await self._consumer.start()
         return self
 
@@ -189,4 +192,3 @@ async def send_messages(
 
 async def prepare_topics(settings: Settings) -> None:
     await asyncio.wait_for(ensure_topics(settings), 60)
-

@@ -89,7 +89,8 @@ def test_accepts_str_input_as_well_as_bytes() -> None:
 def test_decodes_cancel_confirm_profile_update_and_commands() -> None:
     cancel = decode(MatchRequest, _request(type="cancel"))
     confirm = decode(
-        MatchConfirm, b'{"match_id": "m-9", "pool_id": "peerprep", "user_id": "u-42", "accept": true}'
+        MatchConfirm,
+        b'{"match_id": "m-9", "pool_id": "peerprep", "user_id": "u-42", "accept": true}',
     )
     update = decode(
         ProfileUpdate,

@@ -300,9 +300,7 @@ def test_a_fresh_newcomer_does_not_relax_with_a_long_waiting_request() -> None:
 
 def test_relaxing_one_key_keeps_the_others_required() -> None:
     pool = Harness()
-    pool.command(
-        "configure", match_on=["difficulty", "topic"], relax_after_s={"topic": 10}
-    )
+    pool.command("configure", match_on=["difficulty", "topic"], relax_after_s={"topic": 10})
     pool.ask("r-1", "u-1", criteria={"difficulty": "Easy", "topic": "arrays"}, now=0.0)
     pool.ask("r-2", "u-2", criteria={"difficulty": "Hard", "topic": "graphs"}, now=0.0)
     pool.ask("r-3", "u-3", criteria={"difficulty": "Easy", "topic": "graphs"}, now=0.0)
@@ -888,7 +886,9 @@ def test_load_keeps_a_closed_pool_closed() -> None:
 
 def test_load_replaces_previous_state() -> None:
     engine = MatchEngine()
-    engine.handle_request(MatchRequest(request_id="r", pool_id="p", user_id="u"), partition=0, now=0)
+    engine.handle_request(
+        MatchRequest(request_id="r", pool_id="p", user_id="u"), partition=0, now=0
+    )
 
     engine.load([])
 

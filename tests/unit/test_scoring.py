@@ -90,7 +90,7 @@ def test_orthogonal_embeddings_score_one_half() -> None:
     ],
 )
 def test_incomparable_embeddings_are_ignored(left: list[float], right: list[float]) -> None:
-    both_interested = dict(interests=["rust"])
+    both_interested = {"interests": ["rust"]}
 
     scored = score_pair(
         Profile(embedding=left, **both_interested), Profile(embedding=right, **both_interested)
@@ -211,7 +211,8 @@ def test_score_is_symmetric_and_in_unit_interval(
 def test_a_profile_fits_itself_perfectly_in_every_part_it_has(profile: Profile) -> None:
     usable_embedding = profile.embedding is not None and any(
         # A tiny vector's norm underflows to 0 and is skipped, so it does not count.
-        x * x > 0 for x in profile.embedding
+        x * x > 0
+        for x in profile.embedding
     )
     comparable = any(item.strip() for item in profile.interests) or usable_embedding
     scored = score_pair(profile, profile, {"interests": 1.0, "embedding": 1.0})
