@@ -79,18 +79,19 @@ class _Progress:
     """Counters for the operator's periodic progress line."""
 
     def __init__(self) -> None:
-        self.inputs = self.writes = self.rejected = 0
-        self._logged = (0, 0, 0)
+        self.inputs = self.ticks = self.writes = self.rejected = 0
+        self._logged = (0, 0, 0, 0)
 
     def log_since_last(self, engine: MatchEngine) -> None:
-        now = (self.inputs, self.writes, self.rejected)
+        now = (self.inputs, self.ticks, self.writes, self.rejected)
         if now == self._logged:
             return
-        inputs, writes, rejected = (a - b for a, b in zip(now, self._logged, strict=True))
+        inputs, ticks, writes, rejected = (a - b for a, b in zip(now, self._logged, strict=True))
         self._logged = now
         log.info(
-            "matcher progress inputs=%d state_writes=%d rejected=%d pools=%d waiting=%d",
+            "matcher progress inputs=%d ticks=%d state_writes=%d rejected=%d pools=%d waiting=%d",
             inputs,
+            ticks,
             writes,
             rejected,
             len(engine.pools),
@@ -103,7 +104,9 @@ async def _process(
 ) -> None:
     message = event.message
     handler = handlers[message.topic]
-    if message.topic != stream.names.tick:
+    if message.topic == stream.names.tick:
+        progress.ticks += 1
+    else:
         progress.inputs += 1
     try:
         effects = handler(stream.engine, event.value, message.partition, time.time())
