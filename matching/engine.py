@@ -108,10 +108,6 @@ class MatchEngine:
                 effects.writes.append(
                     _end(previous, "superseded", f"replaced by {message.request_id}", now)
                 )
-        limit = book.config.max_waiting
-        if limit is not None and len(book.waiting) >= limit:
-            effects.extend(self._refuse(book, request, "pool_full", now))
-            return effects
         effects.extend(self._place(book, request, now))
         return effects
 
@@ -213,12 +209,19 @@ class MatchEngine:
         return Effects(writes=[_end(request, "cancelled", None, now)])
 
     def _place(self, book: PoolBook, request: RequestState, now: float) -> Effects:
-        """Match `request` now if the pool allows, else queue it."""
+        """Match `request` now if the pool allows, else queue it if there is room.
+
+        `max_waiting` caps the requests that wait, so one that matches on
+        arrival is never refused for a full pool.
+        """
         book.known_requests.add(request.request_id)
         if not book.paused and book.config.mode in _MATCHING_MODES:
             partners = _find_partners(book, request, now)
             if partners is not None:
                 return _form_match(book, request, partners, now)
+        limit = book.config.max_waiting
+        if limit is not None and len(book.waiting) >= limit:
+            return self._refuse(book, request, "pool_full", now)
         book.add_waiting(request)
         return Effects(writes=[(state_key("r", book.pool_id, request.request_id), request)])
 

@@ -284,6 +284,12 @@ def test_a_100k_element_embedding_is_refused() -> None:
     assert str(MAX_EMBEDDING_DIMS) in reason
 
 
+def test_more_than_256_interests_are_refused() -> None:
+    reason = _reason(MatchRequest, _request(profile={"interests": ["x"] * 257}))
+
+    assert _names(reason, "profile.interests"), reason
+
+
 def test_an_embedding_at_the_dimension_limit_is_accepted() -> None:
     message = decode(MatchRequest, _request(profile={"embedding": [0.5] * MAX_EMBEDDING_DIMS}))
 

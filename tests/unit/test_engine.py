@@ -492,9 +492,9 @@ def test_a_request_past_its_ttl_is_not_matched_before_the_tick() -> None:
 
     assert matches(effects) == []
     # The late expiry is written first, so the status stream stays in order.
-    assert [(r.request_id, r.status) for _, r in effects.writes] == [
-        ("r-1", "expired"),
-        ("r-2", "queued"),
+    assert [(key, getattr(record, "status", None)) for key, record in effects.writes] == [
+        (state_key("r", POOL, "r-1"), "expired"),
+        (state_key("r", POOL, "r-2"), "queued"),
     ]
     assert pool.record("r-1").reason == "ttl"
 
@@ -779,6 +779,16 @@ def test_max_waiting_rejects_requests_beyond_it() -> None:
     assert pool.waiting() == {"r-1", "r-2"}
     # Refused is final: the same request_id again is a duplicate.
     assert pool.ask("r-3", "u-3", criteria={"topic": "c"}) == Effects()
+
+
+def test_a_full_pool_still_matches_a_request_that_finds_a_partner() -> None:
+    pool = Harness()
+    pool.command("configure", max_waiting=1)
+    pool.ask("r-1", "u-1")
+
+    effects = pool.ask("r-2", "u-2")
+
+    assert statuses(effects) == {"r-1": "matched", "r-2": "matched"}
 
 
 def test_a_full_pool_still_lets_a_user_replace_their_request() -> None:

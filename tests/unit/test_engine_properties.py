@@ -9,9 +9,13 @@ checked against CONTRACT section 1.6:
 2. a request record never changes once terminal, and after closing every pool every
    accepted request has exactly one terminal status;
 3. members agree on every `match_on` key, unless both had waited `relax_after_s[key]`;
-4. (scores are checked in tests/unit/test_scoring.py)
+4. `score_pair` is symmetric and in [0, 1], and a pair's match score is its pair score;
 5. a crash at any point (a fresh engine `load`-ed from the table) keeps 1-3 true and,
    stronger, is invisible: the recovered engine answers like one that never crashed.
+
+Besides: a duplicate request_id is a no-op, a refused cancel changes nothing, nobody is
+matched past their TTL, and the engine's waiting sets always equal the table's active
+requests (which is what makes recovery from the table possible at all).
 """
 
 from __future__ import annotations
@@ -216,6 +220,7 @@ class World:
             case Tick():
                 self._touched = {p for p, part in PARTITION_OF.items() if part == op.partition}
                 effects = self._apply(self.engine.tick(partition=op.partition, now=self.now))
+                self.check_nobody_left_behind(op.partition)
             case Crash():
                 self.crash()
                 effects = Effects()
@@ -288,7 +293,9 @@ class World:
         own = _own_writes(effects)
         if active and op.by_owner:
             assert effects.notices == []
-            assert [(r.request_id, r.status) for _, r in own] == [(request_id, "cancelled")]
+            assert [(key, getattr(r, "status", None)) for key, r in own] == [
+                (state_key("r", pool, request_id), "cancelled")
+            ]
         else:
             # A refused cancel changes nothing and is answered with a notice.
             assert own == []
@@ -319,7 +326,7 @@ class World:
             if isinstance(previous, RequestState):
                 # Invariant 2: once terminal, a request record is final.
                 assert previous.status not in TERMINAL_STATUSES, (
-                    f"{previous.request_id} rewritten after {previous.status}: {record.status}"
+                    f"{previous.request_id} rewritten after {previous.status}: {record!r}"
                 )
             if isinstance(record, MatchState):
                 assert previous is None, f"match {record.found.match_id} formed twice"
@@ -381,17 +388,13 @@ class World:
         waited_at = match_record.changed_at
         # Invariant 3: every pair agrees on every match_on key it has not relaxed.
         for left, right in itertools.combinations(members, 2):
-            for key in config.match_on:
-                mine, theirs = left.criteria.get(key), right.criteria.get(key)
-                if mine is None or theirs is None or mine == theirs:
-                    continue
-                limit = config.relax_after_s.get(key)
-                assert limit is not None, f"{key}: {mine!r} != {theirs!r} and never relaxed"
-                assert waited_at - left.queued_at >= limit, (key, left.request_id)
-                assert waited_at - right.queued_at >= limit, (key, right.request_id)
-            assert score_pair(left.profile, right.profile, config.weights).score >= (
-                config.min_score if len(members) == 2 else 0.0
-            )
+            assert _agree(config, left, right, waited_at), (left.criteria, right.criteria)
+        if len(members) == 2:
+            # Invariant 4, as the engine uses it: the pair's score, whichever side asked.
+            left, right = members
+            forward = score_pair(left.profile, right.profile, config.weights).score
+            assert forward == score_pair(right.profile, left.profile, config.weights).score
+            assert found.score == forward >= config.min_score
 
     def _check_table(self) -> None:
         """The engine's view agrees with the table (what a recovery would rebuild)."""
@@ -412,6 +415,44 @@ class World:
         for record in self.table.values():
             if isinstance(record, RequestState) and record.pool_id in self._touched:
                 assert not _due(record, self.now), record.request_id
+
+    def check_nobody_left_behind(self, partition: int) -> None:
+        """After a tick, a pair pool holds no two requests that could be matched now.
+
+        Liveness: without it an engine that never matched would pass every other check.
+        Only pairs, because group formation is greedy and may miss a possible group.
+        """
+        for pool_id, pool_partition in PARTITION_OF.items():
+            pool = self._pool(pool_id)
+            if pool_partition != partition or pool.paused or pool.config.mode != "pair":
+                continue
+            waiting = [
+                record
+                for record in self.table.values()
+                if isinstance(record, RequestState) and record.pool_id == pool_id and record.active
+            ]
+            config = pool.config
+            for left, right in itertools.combinations(waiting, 2):
+                matchable = (
+                    left.user_id != right.user_id
+                    and _agree(config, left, right, self.now)
+                    and score_pair(left.profile, right.profile, config.weights).score
+                    >= config.min_score
+                )
+                assert not matchable, f"{left.request_id} and {right.request_id} left waiting"
+
+
+def _agree(config: PoolConfig, left: RequestState, right: RequestState, now: float) -> bool:
+    """CONTRACT 1.4: same value (or a missing one) on every match_on key, unless both
+    have waited `relax_after_s[key]` by `now`."""
+    for key in config.match_on:
+        mine, theirs = left.criteria.get(key), right.criteria.get(key)
+        if mine is None or theirs is None or mine == theirs:
+            continue
+        limit = config.relax_after_s.get(key)
+        if limit is None or now - left.queued_at < limit or now - right.queued_at < limit:
+            return False
+    return True
 
 
 def _due(record: RequestState, now: float) -> bool:
@@ -451,6 +492,19 @@ def _pool_of(key: str) -> str:
 
 
 # -- properties -----------------------------------------------------------------------
+
+
+@settings(max_examples=150, deadline=None)
+@given(left=_profiles, right=_profiles, config=_configs)
+def test_score_pair_is_symmetric_and_in_unit_interval(
+    left: Profile | None, right: Profile | None, config: PoolConfig
+) -> None:
+    forward = score_pair(left, right, config.weights)
+    backward = score_pair(right, left, config.weights)
+
+    assert 0.0 <= forward.score <= 1.0
+    assert forward.score == backward.score
+    assert forward.reasons == backward.reasons
 
 
 def _start(setup: dict[str, PoolConfig | None]) -> World:
