@@ -66,6 +66,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(_settings_with(args), requests=args.requests, pools=args.pools)
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from streams.audit import run_audit
+
+    return run_audit(_settings_with(args))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="matchstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--pools", type=int, default=200)
     bench.add_argument("--data-dir", dest="data_dir", type=Path)
     bench.set_defaults(func=_cmd_bench)
+
+    audit = commands.add_parser(
+        "audit", help="check the contract's invariants over the topics; exit 1 on a violation"
+    )
+    audit.add_argument("--broker")
+    audit.set_defaults(func=_cmd_audit)
     return parser
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 import orjson
 import pytest
 
 from models.messages import TERMINAL_STATUSES
+from streams.audit import audit_topics
 from streams.settings import Settings
 from streams.topics import TopicNames, wait_until_consumed
 from streams.workload import Workload
@@ -98,6 +100,13 @@ async def test_workload_every_request_ends_once_and_matches_follow_rules(
         for key in config.get("match_on", []):
             assert len({member["criteria"][key] for member in members}) == 1, found
         assert 0.0 <= float(found["score"]) <= 1.0
+
+    report = await asyncio.wait_for(audit_topics(settings), 120)
+    assert report.ok, report.render()
+    assert report.still_active == 0
+    assert report.terminal == len(requests)
+    assert report.matches == len(matches)
+    assert report.dlq == 50
 
 
 async def test_lonely_request_expires_without_further_input(

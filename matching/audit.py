@@ -1,0 +1,162 @@
+"""Checking the contract's invariants (section 1.6) over what the engine emitted.
+
+Pure: the caller feeds decoded messages in topic order; `AuditReport` says what
+is wrong. `matchstream audit` feeds it from Kafka, the tests from their readers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from models.messages import TERMINAL_STATUSES, PoolConfig
+
+__all__ = ["AuditReport", "Auditor"]
+
+_MAX_EXAMPLES = 5
+
+
+@dataclass
+class AuditReport:
+    """Counts and violations; `ok` is False when any invariant is broken."""
+
+    requests: int = 0
+    terminal: int = 0
+    still_active: int = 0
+    matches: int = 0
+    duplicate_outputs: int = 0
+    dlq: int = 0
+    violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def violate(self, rule: str, example: str) -> None:
+        self.violations[rule].append(example)
+
+    def render(self) -> str:
+        """A plain-text report for operators."""
+        lines = [
+            f"requests seen        {self.requests}",
+            f"ended (terminal)     {self.terminal}",
+            f"still active         {self.still_active}",
+            f"matches              {self.matches}",
+            f"identical re-emits   {self.duplicate_outputs}",
+            f"dlq records          {self.dlq}",
+        ]
+        if self.ok:
+            lines.append("violations           none")
+        for rule, examples in sorted(self.violations.items()):
+            lines.append(f"VIOLATION {rule}: {len(examples)}")
+            lines.extend(f"  e.g. {example}" for example in examples[:_MAX_EXAMPLES])
+        return "\n".join(lines)
+
+
+class Auditor:
+    """Collects inputs and outputs, then checks them.
+
+    Example:
+        >>> auditor = Auditor()
+        >>> auditor.add_status({"request_id": "r", "pool_id": "p", "user_id": "u",
+        ...                     "status": "expired", "match_id": None})
+        >>> auditor.report().ok
+        True
+    """
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str], dict[str, Any]] = {}
+        self._configs: dict[str, PoolConfig] = {}
+        self._statuses: dict[tuple[str, str], list[tuple[str, str | None]]] = defaultdict(list)
+        self._matches: dict[str, list[bytes]] = defaultdict(list)
+        self._match_bodies: dict[str, dict[str, Any]] = {}
+        self._dlq = 0
+
+    def add_request(self, message: Mapping[str, Any]) -> None:
+        """A valid `match.request` of type request (the first one per request_id wins)."""
+        if message.get("type", "request") == "request":
+            self._requests.setdefault((message["pool_id"], message["request_id"]), dict(message))
+
+    def add_command(self, message: Mapping[str, Any]) -> None:
+        """A `pool.command`; configure commands tell the rules a match must satisfy."""
+        if message.get("command") == "configure" and message.get("config") is not None:
+            self._configs[message["pool_id"]] = PoolConfig.model_validate(message["config"])
+
+    def add_status(self, event: Mapping[str, Any]) -> None:
+        if event.get("about") is None:
+            key = (event["pool_id"], event["request_id"])
+            self._statuses[key].append((event["status"], event.get("match_id")))
+
+    def add_found(self, found: Mapping[str, Any]) -> None:
+        body = orjson.dumps(found, option=orjson.OPT_SORT_KEYS)
+        self._matches[found["match_id"]].append(body)
+        self._match_bodies[found["match_id"]] = dict(found)
+
+    def add_dlq(self) -> None:
+        self._dlq += 1
+
+    def report(self) -> AuditReport:
+        report = AuditReport(requests=len(self._statuses), dlq=self._dlq)
+        self._check_statuses(report)
+        self._check_matches(report)
+        return report
+
+    def _check_statuses(self, report: AuditReport) -> None:
+        for (pool_id, request_id), history in self._statuses.items():
+            ended = list(dict.fromkeys(item for item in history if item[0] in TERMINAL_STATUSES))
+            report.duplicate_outputs += len(history) - len(dict.fromkeys(history))
+            if not ended:
+                report.still_active += 1
+                continue
+            report.terminal += 1
+            if len(ended) > 1:
+                report.violate("two terminal statuses", f"{pool_id}/{request_id}: {ended}")
+            first_end = next(i for i, item in enumerate(history) if item[0] in TERMINAL_STATUSES)
+            later = [item for item in history[first_end:] if item not in ended]
+            if later:
+                report.violate("status after the end", f"{pool_id}/{request_id}: {later}")
+
+    def _check_matches(self, report: AuditReport) -> None:
+        report.matches = len(self._matches)
+        match_of_request: dict[tuple[str, str], str] = {}
+        for match_id, bodies in self._matches.items():
+            if len(set(bodies)) > 1:
+                report.violate("match_id re-used with other content", match_id)
+            report.duplicate_outputs += len(bodies) - 1
+            found = self._match_bodies[match_id]
+            pool_id = found["pool_id"]
+            members = found["members"]
+            if len({member["user_id"] for member in members}) != len(members):
+                report.violate("user twice in one match", match_id)
+            for member in members:
+                key = (pool_id, member["request_id"])
+                other = match_of_request.setdefault(key, match_id)
+                if other != match_id:
+                    report.violate("request in two matches", f"{key[1]}: {other}, {match_id}")
+                if ("matched", match_id) not in self._statuses.get(key, []):
+                    report.violate("member without matched status", f"{key[1]} in {match_id}")
+            self._check_rules(report, found)
+
+    def _check_rules(self, report: AuditReport, found: Mapping[str, Any]) -> None:
+        config = self._configs.get(found["pool_id"], PoolConfig())
+        members = found["members"]
+        if config.mode in ("pair", "group") and len(members) != config.members_per_match:
+            report.violate(
+                "match size", f"{found['match_id']}: {len(members)} != {config.members_per_match}"
+            )
+        requests = [self._requests.get((found["pool_id"], m["request_id"])) for m in members]
+        if any(request is None for request in requests):
+            return  # the inputs were not read (or aged out); only outputs can be checked
+        for key in config.match_on:
+            values = {
+                orjson.dumps(request["criteria"].get(key))
+                for request in requests
+                if request is not None and request.get("criteria", {}).get(key) is not None
+            }
+            relaxed = key in config.relax_after_s
+            if len(values) > 1 and not relaxed:
+                report.violate("criteria disagree", f"{found['match_id']}: {key}")
