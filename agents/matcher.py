@@ -15,7 +15,7 @@ from faust.types import EventT, StreamT
 
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
-from models.messages import MatchRequest, PoolCommand
+from models.messages import MatchConfirm, MatchRequest, PoolCommand
 from models.state import decode_state
 from streams.app import Matchstream
 from streams.dlq import dlq_record
@@ -33,6 +33,10 @@ def _on_request(engine: MatchEngine, raw: bytes | None, partition: int, now: flo
     return engine.handle_request(decode(MatchRequest, raw), partition=partition, now=now)
 
 
+def _on_confirm(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
+    return engine.handle_confirm(decode(MatchConfirm, raw), partition=partition, now=now)
+
+
 def _on_command(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
     return engine.handle_command(decode(PoolCommand, raw), partition=partition, now=now)
 
@@ -45,6 +49,7 @@ def register(stream: Matchstream) -> None:
     """Add the matcher agent and the table recovery hook to the app."""
     handlers: dict[str, Handler] = {
         stream.names.request: _on_request,
+        stream.names.confirm: _on_confirm,
         stream.names.command: _on_command,
         stream.names.tick: _on_tick,
     }

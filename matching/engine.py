@@ -18,6 +18,7 @@ from matching.scoring import ScoredPair, group_score, score_pair
 from models.codec import utc_now_iso
 from models.messages import (
     CriterionValue,
+    MatchConfirm,
     MatchFound,
     MatchMember,
     MatchRequest,
@@ -76,10 +77,16 @@ class MatchEngine:
                 book.paused, book.closed = record.paused, record.closed
             elif isinstance(record, RequestState):
                 requests.append(record)
+            elif record.state == "proposed":
+                book = self._book(record.found.pool_id, record.partition)
+                book.proposals[record.found.match_id] = record
         for request in sorted(requests, key=lambda item: item.queued_at):
             book = self._book(request.pool_id, request.partition)
             book.known_requests.add(request.request_id)
-            if request.active:
+            if request.status == "proposed":
+                book.proposed[request.request_id] = request
+                book.active_by_user[request.user_id] = request.request_id
+            elif request.active:
                 book.add_waiting(request)
 
     # -- inputs -------------------------------------------------------------------
@@ -103,11 +110,9 @@ class MatchEngine:
             return effects
         previous_id = book.active_by_user.get(message.user_id)
         if previous_id is not None:
-            previous = book.remove_waiting(previous_id)
-            if previous is not None:
-                effects.writes.append(
-                    _end(previous, "superseded", f"replaced by {message.request_id}", now)
-                )
+            effects.extend(
+                self._leave(book, previous_id, "superseded", f"replaced by {message.request_id}", now)
+            )
         effects.extend(self._place(book, request, now))
         return effects
 
@@ -139,6 +144,44 @@ class MatchEngine:
                 effects.extend(self._sweep(book, now))
         return effects
 
+    def handle_confirm(self, message: MatchConfirm, *, partition: int, now: float) -> Effects:
+        """Apply a `match.confirm` message: a member accepts or declines a proposal."""
+        book = self._book(message.pool_id, partition)
+        effects = _expire_due(book, now)
+        proposal = book.proposals.get(message.match_id)
+        member = None
+        if proposal is not None:
+            member = next(
+                (m for m in proposal.found.members if m.user_id == message.user_id), None
+            )
+        if proposal is None or member is None:
+            effects.notices.append(
+                MatchStatus(
+                    request_id=member.request_id if member is not None else "",
+                    pool_id=message.pool_id,
+                    user_id=message.user_id,
+                    status="rejected",
+                    match_id=message.match_id,
+                    reason="not_proposed" if proposal is None else "not_member",
+                    about="confirm",
+                    at=utc_now_iso(now),
+                )
+            )
+            return effects
+        if not message.accept:
+            effects.extend(self._leave(book, member.request_id, "declined", None, now))
+            return effects
+        if proposal.answers.get(member.request_id) is True:
+            return effects  # the same answer again changes nothing
+        answers = {**proposal.answers, member.request_id: True}
+        if len(answers) < len(proposal.found.members):
+            updated = proposal.model_copy(update={"answers": answers, "changed_at": now})
+            book.proposals[message.match_id] = updated
+            effects.writes.append((state_key("m", book.pool_id, message.match_id), updated))
+            return effects
+        effects.extend(_finish_proposal(book, proposal, answers, now))
+        return effects
+
     def tick(self, *, partition: int, now: float) -> Effects:
         """Time passes on one partition: expire requests, match those that relaxed."""
         effects = Effects()
@@ -146,6 +189,9 @@ class MatchEngine:
             if book.partition != partition:
                 continue
             effects.extend(_expire_due(book, now))
+            for proposal in list(book.proposals.values()):
+                if proposal.deadline is not None and proposal.deadline <= now:
+                    effects.extend(self._time_out(book, proposal, now))
             if now >= book.next_sweep_at:
                 effects.extend(self._sweep(book, now))
         return effects
@@ -187,7 +233,7 @@ class MatchEngine:
         return Effects(writes=[_end(request, "rejected", reason, now)])
 
     def _cancel(self, book: PoolBook, message: MatchRequest, now: float) -> Effects:
-        request = book.waiting.get(message.request_id)
+        request = book.waiting.get(message.request_id) or book.proposed.get(message.request_id)
         reason = None
         if request is None:
             reason = "not_active"
@@ -204,9 +250,71 @@ class MatchEngine:
                 at=utc_now_iso(now),
             )
             return Effects(notices=[notice])
-        book.remove_waiting(message.request_id)
-        assert request is not None
-        return Effects(writes=[_end(request, "cancelled", None, now)])
+        return self._leave(book, message.request_id, "cancelled", None, now)
+
+    def _leave(
+        self, book: PoolBook, request_id: str, status: str, reason: str | None, now: float
+    ) -> Effects:
+        """End an active request; if it was in a proposal, requeue the other members."""
+        waiting = book.remove_waiting(request_id)
+        if waiting is not None:
+            return Effects(writes=[_end(waiting, status, reason, now)])
+        request = book.proposed.pop(request_id, None)
+        if request is None:
+            return Effects()
+        if book.active_by_user.get(request.user_id) == request_id:
+            del book.active_by_user[request.user_id]
+        assert request.match_id is not None
+        proposal = book.proposals.pop(request.match_id)
+        effects = Effects(writes=[_cancelled(book, proposal, now)])
+        effects.writes.append(_end(request, status, reason, now, match_id=proposal.found.match_id))
+        for member in proposal.found.members:
+            if member.request_id != request_id:
+                effects.extend(self._requeue(book, member.request_id, f"partner {status}", now))
+        return effects
+
+    def _time_out(self, book: PoolBook, proposal: MatchState, now: float) -> Effects:
+        """Who accepted waits again; who did not answer ends `expired`."""
+        del book.proposals[proposal.found.match_id]
+        effects = Effects(writes=[_cancelled(book, proposal, now)])
+        for member in proposal.found.members:
+            if proposal.answers.get(member.request_id):
+                effects.extend(
+                    self._requeue(book, member.request_id, "confirmation_timeout", now)
+                )
+            else:
+                request = book.proposed.pop(member.request_id)
+                if book.active_by_user.get(request.user_id) == member.request_id:
+                    del book.active_by_user[request.user_id]
+                effects.writes.append(
+                    _end(request, "expired", "confirmation_timeout", now, match_id=request.match_id)
+                )
+        return effects
+
+    def _requeue(self, book: PoolBook, request_id: str, reason: str, now: float) -> Effects:
+        """Back to waiting with the original wait time, so ahead of newer requests."""
+        request = book.proposed.pop(request_id)
+        lifetime = None if request.expires_at is None else request.expires_at - request.queued_at
+        expires_at = request.expires_at
+        if expires_at is not None and lifetime is not None and expires_at <= now:
+            expires_at = now + lifetime  # the proposal used up their time; give it back
+        requeued = request.model_copy(
+            update={
+                "status": "requeued",
+                "reason": reason,
+                "match_id": None,
+                "expires_at": expires_at,
+                "changed_at": now,
+            }
+        )
+        effects = Effects(writes=[(state_key("r", book.pool_id, request_id), requeued)])
+        if not book.paused and book.config.mode in _MATCHING_MODES:
+            partners = _find_partners(book, requeued, now)
+            if partners is not None:
+                effects.extend(_form_match(book, requeued, partners, now))
+                return effects
+        book.add_waiting(requeued)
+        return effects
 
     def _place(self, book: PoolBook, request: RequestState, now: float) -> Effects:
         """Match `request` now if the pool allows, else queue it if there is room.
@@ -244,11 +352,21 @@ class MatchEngine:
         return effects
 
     def _end_all_waiting(self, book: PoolBook, status: str, reason: str, now: float) -> Effects:
+        """End every active request, those in open proposals included."""
         effects = Effects()
         for request_id in list(book.waiting):
             request = book.remove_waiting(request_id)
             assert request is not None
             effects.writes.append(_end(request, status, reason, now))
+        for proposal in list(book.proposals.values()):
+            del book.proposals[proposal.found.match_id]
+            effects.writes.append(_cancelled(book, proposal, now))
+            for member in proposal.found.members:
+                request = book.proposed.pop(member.request_id)
+                book.active_by_user.pop(request.user_id, None)
+                effects.writes.append(
+                    _end(request, status, reason, now, match_id=request.match_id)
+                )
         return effects
 
 
@@ -359,18 +477,52 @@ def _form_match(
         criteria=criteria,
         created_at=utc_now_iso(now),
     )
-    effects = Effects()
-    effects.writes.append(
-        (
-            state_key("m", book.pool_id, match_id),
-            MatchState(partition=book.partition, changed_at=now, found=found),
-        )
+    key = state_key("m", book.pool_id, match_id)
+    if not book.config.require_confirm:
+        match = MatchState(partition=book.partition, changed_at=now, found=found)
+        effects = Effects(writes=[(key, match)])
+        effects.writes.extend(_end(m, "matched", None, now, match_id=match_id) for m in members)
+        return effects
+    proposal = MatchState(
+        partition=book.partition,
+        changed_at=now,
+        found=found,
+        state="proposed",
+        deadline=now + book.config.confirm_timeout_s,
     )
+    book.proposals[match_id] = proposal
+    effects = Effects(writes=[(key, proposal)])
     for member in members:
-        effects.writes.append(
-            _end(member, "matched", None, now, match_id=match_id),
+        proposed = member.model_copy(
+            update={"status": "proposed", "reason": None, "match_id": match_id, "changed_at": now}
         )
+        book.proposed[member.request_id] = proposed
+        book.active_by_user[member.user_id] = member.request_id
+        effects.writes.append((state_key("r", book.pool_id, member.request_id), proposed))
     return effects
+
+
+def _finish_proposal(
+    book: PoolBook, proposal: MatchState, answers: dict[str, bool], now: float
+) -> Effects:
+    """Everyone accepted: the match is final and its members matched."""
+    match_id = proposal.found.match_id
+    del book.proposals[match_id]
+    final = proposal.model_copy(
+        update={"state": "final", "answers": answers, "deadline": None, "changed_at": now}
+    )
+    effects = Effects(writes=[(state_key("m", book.pool_id, match_id), final)])
+    for member in proposal.found.members:
+        request = book.proposed.pop(member.request_id)
+        if book.active_by_user.get(request.user_id) == member.request_id:
+            del book.active_by_user[request.user_id]
+        effects.writes.append(_end(request, "matched", None, now, match_id=match_id))
+    return effects
+
+
+def _cancelled(book: PoolBook, proposal: MatchState, now: float) -> tuple[str, MatchState]:
+    cancelled = proposal.model_copy(update={"state": "cancelled", "changed_at": now})
+    return state_key("m", book.pool_id, proposal.found.match_id), cancelled
 
 
 def _agreed_criteria(config: PoolConfig, members: list[RequestState]) -> dict[str, CriterionValue]:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterator
 
 from models.messages import CriterionValue, PoolConfig
-from models.state import RequestState
+from models.state import MatchState, RequestState
 
 __all__ = ["PoolBook", "same_criterion"]
 
@@ -40,6 +40,10 @@ class PoolBook:
         self.closed = False
         self.known_requests: set[str] = set()
         self.waiting: dict[str, RequestState] = {}
+        self.proposals: dict[str, MatchState] = {}
+        """Matches waiting for their members' confirmations, by match_id."""
+        self.proposed: dict[str, RequestState] = {}
+        """Requests in a proposal, by request_id: active, but not candidates."""
         self.active_by_user: dict[str, str] = {}
         self.next_sweep_at = math.inf
         """When the next waiting request crosses a `relax_after_s` threshold."""

@@ -76,11 +76,19 @@ class RequestState(_Record):
 
 
 class MatchState(_Record):
-    """A match; `final` is False while it waits for confirmations."""
+    """A match: `proposed` while members confirm, then `final` or `cancelled`."""
 
     kind: Literal["match"] = "match"
     found: MatchFound
-    final: bool = True
+    state: Literal["proposed", "final", "cancelled"] = "final"
+    answers: dict[str, bool] = {}
+    """request_id -> accepted, for the members who answered a proposal."""
+    deadline: float | None = None
+    """When an unanswered proposal times out (`confirm_timeout_s` after it was made)."""
+
+    @property
+    def final(self) -> bool:
+        return self.state == "final"
 
 
 class PoolState(_Record):

@@ -61,7 +61,7 @@ class TopicNames:
     @property
     def inputs(self) -> tuple[str, ...]:
         """Co-partitioned topics the matcher consumes."""
-        return (self.request, self.command, self.tick)
+        return (self.request, self.confirm, self.command, self.tick)
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
