@@ -111,7 +111,9 @@ class MatchEngine:
         previous_id = book.active_by_user.get(message.user_id)
         if previous_id is not None:
             effects.extend(
-                self._leave(book, previous_id, "superseded", f"replaced by {message.request_id}", now)
+                self._leave(
+                    book, previous_id, "superseded", f"replaced by {message.request_id}", now
+                )
             )
         effects.extend(self._place(book, request, now))
         return effects
@@ -151,9 +153,7 @@ class MatchEngine:
         proposal = book.proposals.get(message.match_id)
         member = None
         if proposal is not None:
-            member = next(
-                (m for m in proposal.found.members if m.user_id == message.user_id), None
-            )
+            member = next((m for m in proposal.found.members if m.user_id == message.user_id), None)
         if proposal is None or member is None:
             effects.notices.append(
                 MatchStatus(
@@ -279,9 +279,7 @@ class MatchEngine:
         effects = Effects(writes=[_cancelled(book, proposal, now)])
         for member in proposal.found.members:
             if proposal.answers.get(member.request_id):
-                effects.extend(
-                    self._requeue(book, member.request_id, "confirmation_timeout", now)
-                )
+                effects.extend(self._requeue(book, member.request_id, "confirmation_timeout", now))
             else:
                 request = book.proposed.pop(member.request_id)
                 if book.active_by_user.get(request.user_id) == member.request_id:
@@ -364,9 +362,7 @@ class MatchEngine:
             for member in proposal.found.members:
                 request = book.proposed.pop(member.request_id)
                 book.active_by_user.pop(request.user_id, None)
-                effects.writes.append(
-                    _end(request, status, reason, now, match_id=request.match_id)
-                )
+                effects.writes.append(_end(request, status, reason, now, match_id=request.match_id))
         return effects
 
 

@@ -109,8 +109,10 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     # Imported here because agents register themselves on the app being built.
     from agents import matcher, ticker
     from streams import relay
+    from web import health
 
     matcher.register(stream)
     ticker.register(stream)
     relay.register(stream)
+    health.register(stream)
     return stream

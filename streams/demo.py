@@ -155,7 +155,7 @@ def _print_where_to_look(settings: Settings, log_path: Path) -> None:
     print(
         "\nwhere to look:\n"
         f"  worker log        {log_path}\n"
-        f"  worker web        http://127.0.0.1:{settings.web_port}/\n"
+        f"  worker health     http://127.0.0.1:{settings.web_port}/readyz\n"
         f"  output topics     {names.found}, {names.status}, {names.dlq} on {settings.broker_hosts[0]}\n"
         "  stop the broker   matchstream kafka stop"
     )
