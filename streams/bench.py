@@ -39,8 +39,6 @@ import bisect
 import logging
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,6 +59,7 @@ from streams.kafka_local import KAFKA_VERSION, LocalKafka, LocalKafkaError, free
 from streams.produce import produce_messages
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
+from streams.worker_process import WorkerProcess
 from streams.workload import Workload, WorkloadMessage
 
 __all__ = ["BenchError", "BenchReport", "run_bench"]
@@ -246,8 +245,9 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
         produce_messages(settings, messages, total=len(messages), progress=False),
         _CLIENT_TIMEOUT_S + len(messages) / 1_000,
     )
-    worker = _WorkerProcess(settings)
+    worker = _SampledWorker(settings)
     worker.start()
+    log.info("bench.worker.started pid=%d log=%s", worker.pid, worker.log_path)
     try:
         sampler = asyncio.create_task(worker.sample_cpu())
         try:
@@ -258,7 +258,7 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
             await asyncio.gather(sampler, return_exceptions=True)
         report.peak_rss_mib = worker.peak_rss_mib()
     finally:
-        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(worker.stop, _WORKER_STOP_TIMEOUT_S)
 
 
 # -- phase 1: the bare relay -----------------------------------------------------------
@@ -326,7 +326,7 @@ async def _relay_all(
 
 async def _measure_matcher(
     settings: Settings,
-    worker: _WorkerProcess,
+    worker: _SampledWorker,
     workload: Workload,
     total: int,
     report: BenchReport,
@@ -475,7 +475,7 @@ async def _read_outputs(
 # -- phase 3: latency ------------------------------------------------------------------
 
 
-async def _measure_latency(settings: Settings, worker: _WorkerProcess, report: BenchReport) -> None:
+async def _measure_latency(settings: Settings, worker: _SampledWorker, report: BenchReport) -> None:
     names = TopicNames.with_prefix(settings.topic_prefix)
     hosts = ",".join(settings.broker_hosts)
     rate = max(10.0, round(report.matcher_rate / 2))
@@ -579,66 +579,19 @@ def _percentile(ordered: Sequence[float], percent: float) -> float:
 # -- the worker process ----------------------------------------------------------------
 
 
-class _WorkerProcess:
-    """A `matchstream worker` subprocess with its CPU time sampled over time."""
+class _SampledWorker(WorkerProcess):
+    """A worker process whose CPU time is sampled while the bench runs."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.log_path = settings.data_dir / "worker.log"
-        self._process: subprocess.Popen[bytes] | None = None
+        super().__init__(settings, settings.data_dir / "worker.log")
         self._times: list[float] = []
         self._samples: list[tuple[float, float]] = []
         """(CPU seconds, seconds spent runnable but waiting for a CPU) at `_times`."""
         self._tick = os.sysconf("SC_CLK_TCK")
 
-    def start(self) -> None:
-        settings = self.settings
-        # The child reads its settings from the environment like any worker; the
-        # rest of the environment (PATH, a database URL, ...) passes through.
-        env = {
-            **os.environ,
-            "MATCHSTREAM_BROKER": settings.broker,
-            "MATCHSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-            "MATCHSTREAM_APP_ID": settings.app_id,
-            "MATCHSTREAM_DATA_DIR": str(settings.data_dir),
-            "MATCHSTREAM_WEB_PORT": str(settings.web_port),
-            "MATCHSTREAM_TOPIC_PARTITIONS": str(settings.topic_partitions),
-        }
-        command = [sys.executable, "-c", "from streams.cli import main; main()", "worker"]
-        with self.log_path.open("ab") as output:
-            self._process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=settings.data_dir,
-            )
-        log.info("bench.worker.started pid=%d log=%s", self._process.pid, self.log_path)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 20 s."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log.warning("bench.worker.kill pid=%d reason=timeout", process.pid)
-            process.kill()
-            process.wait(timeout=_WORKER_STOP_TIMEOUT_S)
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None
-        return self._process.pid
-
     def _check_alive(self) -> None:
-        assert self._process is not None
-        code = self._process.poll()
-        if code is not None:
-            raise BenchError(f"the worker exited with {code}; last lines:\n{self._log_tail()}")
+        if not self.running:
+            raise BenchError(f"the worker exited; last lines:\n{self._log_tail()}")
 
     async def wait_until(
         self,

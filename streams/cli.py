@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
-    bench = commands.add_parser("bench", help="throughput and latency next to a bare relay")
-    bench.add_argument("--broker")
+    bench = commands.add_parser(
+        "bench", help="throughput and latency next to a bare relay, on a broker of its own"
+    )
     bench.add_argument("--requests", type=int, default=20_000)
     bench.add_argument("--pools", type=int, default=200)
     bench.add_argument("--data-dir", dest="data_dir", type=Path)

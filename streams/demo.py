@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,11 +14,10 @@ from streams.kafka_local import LocalKafka
 from streams.produce import produce_messages
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics, wait_until_consumed
+from streams.worker_process import WorkerProcess
 from streams.workload import Workload
 
 __all__ = ["run_demo"]
-
-_READY_LINE = "[^Worker]: Ready"
 
 
 def run_demo(settings: Settings, *, requests: int, pools: int, keep_running: bool = True) -> int:
@@ -41,61 +38,21 @@ def run_demo(settings: Settings, *, requests: int, pools: int, keep_running: boo
     broker.start(timeout_s=120)
     asyncio.run(ensure_topics(settings))
     log_path = Path(settings.data_dir) / "demo-worker.log"
-    worker = _start_worker(settings, log_path)
+    worker = WorkerProcess(settings, log_path)
+    worker.start()
     try:
-        _wait_ready(worker, log_path, timeout_s=120)
+        asyncio.run(worker.wait_ready(timeout_s=120))
         print(f"worker ready (log: {log_path})")
         asyncio.run(_feed_and_watch(settings, Workload(requests=requests, pools=pools)))
         _print_where_to_look(settings, log_path)
-        if keep_running:
+        if keep_running and worker.process is not None:
             print("worker keeps running; Ctrl-C stops it (the broker stays up)")
-            worker.wait()
+            worker.process.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        worker.stop()
     return 0
-
-
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from streams.cli import main; main()",
-                "worker",
-                "--broker",
-                settings.broker,
-                "--data-dir",
-                str(settings.data_dir),
-                "--web-port",
-                str(settings.web_port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _wait_ready(worker: subprocess.Popen[bytes], log_path: Path, *, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    start = log_path.stat().st_size if log_path.exists() else 0
-    while True:
-        with log_path.open("rb") as log:
-            log.seek(start)
-            if _READY_LINE in log.read().decode("utf-8", errors="replace"):
-                return
-        if worker.poll() is not None:
-            raise RuntimeError(f"worker exited with {worker.returncode}; see {log_path}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"worker not ready after {timeout_s}s; see {log_path}")
-        time.sleep(0.2)
 
 
 async def _feed_and_watch(settings: Settings, workload: Workload) -> None:

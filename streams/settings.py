@@ -64,6 +64,14 @@ class Settings(BaseSettings):
             value = f"kafka://{value}"
         return value
 
+    def as_environment(self) -> dict[str, str]:
+        """These settings as `MATCHSTREAM_*` variables, for a child process."""
+        return {
+            f"MATCHSTREAM_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
     @property
     def broker_hosts(self) -> list[str]:
         """`host:port` strings for clients that do not take Faust's URL form."""

@@ -12,7 +12,8 @@ import pytest
 
 from streams.kafka_local import LocalKafka, free_port
 from streams.settings import Settings, get_settings
-from tests.support.harness import WorkerProcess, isolated_settings, prepare_topics
+from streams.worker_process import WorkerProcess
+from tests.support.harness import isolated_settings, prepare_topics
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -21,8 +17,6 @@ from streams.kafka_local import free_port
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 
-READY_LINE = "[^Worker]: Ready"
-
 
 def isolated_settings(bootstrap: str, data_dir: Path, *, partitions: int = 4) -> Settings:
     """Settings with topic names, consumer groups and tables no other test shares."""
@@ -36,71 +30,6 @@ def isolated_settings(bootstrap: str, data_dir: Path, *, partitions: int = 4) ->
         topic_partitions=partitions,
         tick_interval_s=0.5,
     )
-
-
-class WorkerProcess:
-    """`matchstream worker` in a subprocess, with its log in a file."""
-
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.update(
-            MATCHSTREAM_BROKER=self.settings.broker,
-            MATCHSTREAM_TOPIC_PREFIX=self.settings.topic_prefix,
-            MATCHSTREAM_APP_ID=self.settings.app_id,
-            MATCHSTREAM_DATA_DIR=str(self.settings.data_dir),
-            MATCHSTREAM_WEB_PORT=str(self.settings.web_port),
-            MATCHSTREAM_TOPIC_PARTITIONS=str(self.settings.topic_partitions),
-            MATCHSTREAM_TICK_INTERVAL_S=str(self.settings.tick_interval_s),
-        )
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from streams.cli import main; main()", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-
-    def log_text(self) -> str:
-        with self.log_path.open("rb") as handle:
-            handle.seek(self._log_offset)
-            return handle.read().decode("utf-8", errors="replace")
-
-    async def wait_ready(self, timeout_s: float = 90.0) -> None:
-        """Wait until this run of the worker logged that it is ready."""
-        deadline = time.monotonic() + timeout_s
-        while READY_LINE not in self.log_text():
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"worker exited:\n{self.log_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"worker not ready in {timeout_s}s:\n{self.log_text()[-3000:]}"
-                )
-            await asyncio.sleep(0.2)
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, nothing flushed."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 @dataclass
