@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from faust.types import EventT, StreamT
 
+from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand
@@ -25,6 +26,8 @@ __all__ = ["register"]
 log = logging.getLogger(__name__)
 
 _PROGRESS_LOG_INTERVAL_S = 10.0
+_STALL_CHECK_INTERVAL_S = 5.0
+_STALL_AFTER_S = 15.0
 
 Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
 
@@ -69,11 +72,23 @@ def register(stream: Matchstream) -> None:
         )
 
     progress = _Progress()
+    guard = StallGuard(
+        app=stream.app,
+        group_id=stream.settings.app_id,
+        bootstrap_servers=",".join(stream.settings.broker_hosts),
+        input_topics=(stream.names.request, stream.names.confirm, stream.names.command),
+        stall_after_s=_STALL_AFTER_S,
+    )
 
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
             await _process(stream, handlers, event, progress)
+            guard.processed(event.message.tp, event.message.offset)
+
+    @stream.app.timer(_STALL_CHECK_INTERVAL_S, name="matcher_stall_guard")
+    async def guard_inputs() -> None:
+        await guard.check()
 
     @stream.app.timer(_PROGRESS_LOG_INTERVAL_S, name="matcher_progress")
     async def log_progress() -> None:

@@ -9,17 +9,11 @@ from dataclasses import dataclass, fields
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
 
-__all__ = [
-    "TopicLayoutError",
-    "TopicNames",
-    "ensure_topics",
-    "start_uncommitted_inputs_at_beginning",
-    "wait_until_consumed",
-]
+__all__ = ["TopicLayoutError", "TopicNames", "ensure_topics", "wait_until_consumed"]
 
 log = logging.getLogger(__name__)
 
@@ -177,40 +171,3 @@ async def wait_until_consumed(settings: Settings, topic: str, *, timeout_s: floa
         await admin.close()
         await consumer.stop()
 
-
-async def start_uncommitted_inputs_at_beginning(settings: Settings) -> None:
-    """Commit the log start offset for input partitions the group never committed.
-
-    A worker that crashed before its first commit left partitions without a
-    committed offset, and a Faust worker restarted on such partitions after
-    recovering tables from the changelog was seen to never fetch them again
-    (it kept consuming the other topics of the same agent). A committed offset
-    at the log start means the same as `auto_offset_reset=earliest` and avoids
-    that path. Only possible while the group has no live members; when others
-    are running they already committed, so a refusal is logged and ignored.
-    """
-    names = TopicNames.with_prefix(settings.topic_prefix)
-    partitions = [
-        TopicPartition(topic, number)
-        for topic in (names.request, names.confirm, names.command)
-        for number in range(settings.topic_partitions)
-    ]
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=",".join(settings.broker_hosts),
-        group_id=settings.app_id,
-        enable_auto_commit=False,
-    )
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        missing = [tp for tp in partitions if await consumer.committed(tp) is None]
-        if not missing:
-            return
-        starts = await consumer.beginning_offsets(missing)
-        try:
-            await consumer.commit({tp: starts[tp] for tp in missing})
-            log.info("input offsets initialised partitions=%d", len(missing))
-        except KafkaError as exc:
-            log.info("input offsets left to the group reason=%r", exc)
-    finally:
-        await consumer.stop()

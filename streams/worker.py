@@ -12,7 +12,7 @@ from faust.worker import Worker
 
 from streams.app import create_app
 from streams.settings import Settings
-from streams.topics import ensure_topics, start_uncommitted_inputs_at_beginning
+from streams.topics import ensure_topics
 
 __all__ = ["run_worker"]
 
@@ -30,7 +30,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
     # Faust creates only the last level of its data directory.
     worker_dir.mkdir(parents=True, exist_ok=True)
     running_marker = worker_dir / "RUNNING"
-    asyncio.run(_prepare_topics(settings))
+    asyncio.run(ensure_topics(settings))
     stream = create_app(settings)
     if running_marker.exists():
         _discard_tables(Path(stream.app.conf.tabledir), running_marker)
@@ -42,11 +42,6 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
     finally:
         running_marker.unlink(missing_ok=True)
     return 0
-
-
-async def _prepare_topics(settings: Settings) -> None:
-    await ensure_topics(settings)
-    await start_uncommitted_inputs_at_beginning(settings)
 
 
 def _discard_tables(table_dir: Path, marker: Path) -> None:
