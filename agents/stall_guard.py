@@ -54,7 +54,9 @@ class StallGuard:
             self._since.clear()
             return
         ends = await consumer.highwaters(*partitions)
-        committed = await self._committed()
+        # The group's offsets are needed only where nothing was processed since start.
+        unseen = any(tp not in self._processed for tp in partitions)
+        committed = await self._committed() if unseen else {}
         now = time.monotonic()
         for tp in partitions:
             position = self._processed.get(tp, committed.get(tp, 0) - 1) + 1

@@ -677,10 +677,9 @@ class _SampledWorker(WorkerProcess):
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            return "\n".join(self.log_text().splitlines()[-lines:])
         except OSError:
             return "(no log)"
-        return "\n".join(text[-lines:])
 
 
 def _ram_gib() -> float:

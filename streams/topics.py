@@ -170,4 +170,3 @@ async def wait_until_consumed(settings: Settings, topic: str, *, timeout_s: floa
     finally:
         await admin.close()
         await consumer.stop()
-
