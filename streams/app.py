@@ -16,7 +16,7 @@ from faust.types import TableT, TopicT
 
 from matching.engine import MatchEngine
 from streams.settings import Settings
-from streams.topics import TopicNames
+from streams.topics import TopicNames, replication_for
 
 __all__ = ["Matchstream", "create_app"]
 
@@ -63,13 +63,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     """
     names = TopicNames.with_prefix(settings.topic_prefix)
     partitions = settings.topic_partitions
+    # Faust creates the changelogs once running; building the app must not need a broker,
+    # so unless MATCHSTREAM_REPLICATION_FACTOR says, the bootstrap hosts are counted.
+    replication = replication_for(settings, brokers=len(settings.broker_hosts))
     app = faust.App(
         settings.app_id,
         broker=settings.broker,
         store=store,
         datadir=str(Path(settings.data_dir) / "worker"),
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=replication.factor,
         # A new consumer group must not skip requests produced before it started.
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
@@ -94,6 +97,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         key_type=str,
         value_type=bytes,
         partitions=partitions,
+        extra_topic_configs={"min.insync.replicas": str(replication.min_insync)},
     )
     stream = Matchstream(
         app=app,

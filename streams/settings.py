@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(
         "", description="MATCHSTREAM_TOPIC_PREFIX: prepended to every topic name."
     )
+    replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="MATCHSTREAM_REPLICATION_FACTOR: copies of every topic, Faust changelogs "
+        "included; `auto` or unset means one per broker, at most 3. min.insync.replicas "
+        "follows: 2 from 3 copies on, else 1.",
+    )
     database_url: str | None = Field(
         None, description="MATCHSTREAM_DATABASE_URL: PostgreSQL DSN; enables the Postgres sink."
     )
@@ -56,6 +63,13 @@ class Settings(BaseSettings):
         le=60,
         description="MATCHSTREAM_TICK_INTERVAL_S: how often expiry and relaxation are checked.",
     )
+
+    @field_validator("replication_factor", mode="before")
+    @classmethod
+    def _auto_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in {"", "auto"}:
+            return None
+        return value
 
     @field_validator("broker")
     @classmethod

@@ -13,9 +13,50 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.settings import Settings
 
-__all__ = ["TopicLayoutError", "TopicNames", "ensure_topics", "wait_until_consumed"]
+__all__ = [
+    "Replication",
+    "TopicLayoutError",
+    "TopicNames",
+    "ensure_topics",
+    "replication_for",
+    "wait_until_consumed",
+]
 
 log = logging.getLogger(__name__)
+
+_MAX_AUTO_REPLICATION = 3
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many copies a topic keeps and how many must have a write before it counts.
+
+    Example:
+        >>> Replication.for_brokers(5)
+        Replication(factor=3, min_insync=2)
+    """
+
+    factor: int
+    min_insync: int
+
+    @classmethod
+    def of(cls, factor: int) -> Replication:
+        """`factor` copies; two must acknowledge once there are three or more."""
+        # With three copies and two required, one broker may be down and every acks=all
+        # write still lands on two; with fewer copies, requiring two would stop all writes.
+        return cls(factor=factor, min_insync=2 if factor >= 3 else 1)
+
+    @classmethod
+    def for_brokers(cls, brokers: int) -> Replication:
+        """One copy per broker, at most three (more copies cost more than they protect)."""
+        return cls.of(max(1, min(brokers, _MAX_AUTO_REPLICATION)))
+
+
+def replication_for(settings: Settings, *, brokers: int) -> Replication:
+    """`MATCHSTREAM_REPLICATION_FACTOR` if set, else `Replication.for_brokers(brokers)`."""
+    if settings.replication_factor is not None:
+        return Replication.of(settings.replication_factor)
+    return Replication.for_brokers(brokers)
 
 
 class TopicLayoutError(RuntimeError):
@@ -69,6 +110,8 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
 
     Input topics must be co-partitioned, so an existing topic with another
     partition count is an error the operator has to fix, not something to guess.
+    New topics get `replication_for(settings, brokers=<live brokers>)` copies and
+    its `min.insync.replicas`.
 
     Raises:
         TopicLayoutError: a topic exists with a different partition count.
@@ -80,6 +123,9 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
     )
     await admin.start()
     try:
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = replication_for(settings, brokers=brokers)
+        _warn_if_changelogs_differ(settings, replication, brokers)
         # Describe only topics that exist: describing a missing one can auto-create it
         # with the broker's default partition count.
         present = set(await admin.list_topics()) & set(wanted)
@@ -93,7 +139,12 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
                 f"MATCHSTREAM_TOPIC_PARTITIONS={settings.topic_partitions}"
             )
         missing = [
-            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(
+                name,
+                num_partitions=settings.topic_partitions,
+                replication_factor=replication.factor,
+                topic_configs={"min.insync.replicas": str(replication.min_insync)},
+            )
             for name in wanted
             if name not in present
         ]
@@ -102,10 +153,29 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # another worker created them first
-            log.info("topics created names=%s", ",".join(topic.name for topic in missing))
+            log.info(
+                "topics created names=%s replication_factor=%d min_insync_replicas=%d",
+                ",".join(topic.name for topic in missing),
+                replication.factor,
+                replication.min_insync,
+            )
         await _wait_for_leaders(admin, wanted, settings.topic_partitions, timeout_s)
     finally:
         await admin.close()
+
+
+def _warn_if_changelogs_differ(settings: Settings, topics: Replication, brokers: int) -> None:
+    # Faust creates its changelogs itself, later, from a factor fixed when the app is
+    # built (streams.app), which can only count the bootstrap hosts.
+    changelogs = replication_for(settings, brokers=len(settings.broker_hosts))
+    if changelogs != topics:
+        log.warning(
+            "replication.mismatch brokers=%d topics_factor=%d changelog_factor=%d "
+            "hint=list every broker in MATCHSTREAM_BROKER or set MATCHSTREAM_REPLICATION_FACTOR",
+            brokers,
+            topics.factor,
+            changelogs.factor,
+        )
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, int]:

@@ -68,23 +68,25 @@ async def test_messages_round_trip_and_survive_a_restart(kafka: LocalKafka) -> N
     await asyncio.to_thread(kafka.start, START_TIMEOUT_S)
 
     status = kafka.status()
+    (node,) = status.nodes
     assert status.running
-    assert status.pid is not None
-    assert status.port == kafka.port
-    assert status.log_path.stat().st_size > 0  # the SLF4J binding works
+    assert node.pid is not None
+    assert node.port == kafka.port
+    assert status.bootstrap == node.bootstrap == f"127.0.0.1:{kafka.port}"
+    assert node.log_path.stat().st_size > 0  # the SLF4J binding works
 
     await _produce(status.bootstrap, topic, b"player-1", b"hello")
     assert await _consume_first(status.bootstrap, topic) == (b"player-1", b"hello")
 
     assert await asyncio.to_thread(kafka.stop) is True
     assert not kafka.status().running
-    assert not kafka.pid_path.exists()
+    assert not kafka.nodes[0].pid_path.exists()
     assert not _accepts(kafka.port)
 
     await asyncio.to_thread(kafka.start, START_TIMEOUT_S)
     restarted = kafka.status()
     assert restarted.running
-    assert restarted.pid != status.pid
+    assert restarted.nodes[0].pid != node.pid
     assert await _consume_first(restarted.bootstrap, topic) == (b"player-1", b"hello")
 
 
@@ -93,7 +95,7 @@ async def test_second_start_is_a_no_op_and_a_killed_broker_restarts(kafka: Local
     first = kafka.status()
 
     await asyncio.to_thread(kafka.start, START_TIMEOUT_S)
-    assert kafka.status().pid == first.pid
+    assert kafka.status().nodes[0].pid == first.nodes[0].pid
 
     kafka.kill()
     assert not kafka.status().running
@@ -101,7 +103,7 @@ async def test_second_start_is_a_no_op_and_a_killed_broker_restarts(kafka: Local
     await asyncio.to_thread(kafka.start, START_TIMEOUT_S)
     recovered = kafka.status()
     assert recovered.running
-    assert recovered.pid != first.pid
+    assert recovered.nodes[0].pid != first.nodes[0].pid
     topic = f"test-local-kafka-{uuid.uuid4().hex}"
     await _produce(recovered.bootstrap, topic, b"k", b"after-crash")
     assert await _consume_first(recovered.bootstrap, topic) == (b"k", b"after-crash")
