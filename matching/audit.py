@@ -7,7 +7,7 @@ is wrong. `matchstream audit` feeds it from Kafka, the tests from their readers.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ class AuditReport:
     matches: int = 0
     duplicate_outputs: int = 0
     dlq: int = 0
+    database_compared: bool = False
     violations: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -49,6 +50,8 @@ class AuditReport:
             f"identical re-emits   {self.duplicate_outputs}",
             f"dlq records          {self.dlq}",
         ]
+        if self.database_compared:
+            lines.append("database             compared (matches, members, terminal statuses)")
         if self.ok:
             lines.append("violations           none")
         for rule, examples in sorted(self.violations.items()):
@@ -98,6 +101,51 @@ class Auditor:
 
     def add_dlq(self) -> None:
         self._dlq += 1
+
+    @property
+    def match_ids(self) -> list[str]:
+        """Every match_id seen in `match.found`."""
+        return list(self._match_bodies)
+
+    @property
+    def request_ids(self) -> list[str]:
+        """Every request_id seen in `match.status` (refused commands aside)."""
+        return list(dict.fromkeys(request_id for _, request_id in self._statuses))
+
+    def compare_database(
+        self,
+        report: AuditReport,
+        *,
+        members: Mapping[str, Collection[tuple[str, str]]],
+        requests: Mapping[tuple[str, str], tuple[str, str | None]],
+    ) -> None:
+        """Check what a database sink stored against the topics; violations go to `report`.
+
+        Args:
+            report: The report of `report()` to add to.
+            members: match_id -> the (request_id, user_id) of each stored member.
+            requests: (pool_id, request_id) -> the stored (status, match_id).
+        """
+        report.database_compared = True
+        for match_id, found in self._match_bodies.items():
+            stored = members.get(match_id)
+            expected = {(member["request_id"], member["user_id"]) for member in found["members"]}
+            if stored is None:
+                report.violate("match missing in database", match_id)
+            elif set(stored) != expected:
+                report.violate("database members differ", f"{match_id}: {sorted(stored)}")
+        for (pool_id, request_id), history in self._statuses.items():
+            end = next((item for item in history if item[0] in TERMINAL_STATUSES), None)
+            if end is None:
+                continue  # still active: the database may lag behind, nothing is final yet
+            row = requests.get((pool_id, request_id))
+            if row is None:
+                report.violate("request missing in database", f"{pool_id}/{request_id}")
+            elif row != end:
+                report.violate(
+                    "database status differs",
+                    f"{pool_id}/{request_id}: topics {end}, database {row}",
+                )
 
     def report(self) -> AuditReport:
         report = AuditReport(requests=len(self._statuses), dlq=self._dlq)

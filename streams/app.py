@@ -118,5 +118,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     matcher.register(stream)
     ticker.register(stream)
     relay.register(stream)
+    if settings.database_url:
+        from streams import pg_sink  # asyncpg is loaded only by workers that sink
+
+        pg_sink.register(stream)
     health.register(stream)
     return stream

@@ -1,4 +1,8 @@
-"""`matchstream audit`: read the topics from the beginning and check the invariants."""
+"""`matchstream audit`: read the topics from the beginning and check the invariants.
+
+With a database URL (`--database-url` or MATCHSTREAM_DATABASE_URL) it also checks
+that the Postgres sink stored every final match and every request's end.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +27,13 @@ def run_audit(settings: Settings, *, timeout_s: float = 300.0) -> int:
     return 0 if report.ok else 1
 
 
-async def audit_topics(settings: Settings) -> AuditReport:
-    """Read inputs and outputs up to their current end offsets and check them."""
+async def audit_topics(settings: Settings, *, database_url: str | None = None) -> AuditReport:
+    """Read inputs and outputs up to their current end offsets and check them.
+
+    Args:
+        settings: Broker, topic prefix and partitions; `database_url` unless given.
+        database_url: Compare with this sink database too; None uses the settings'.
+    """
     names = TopicNames.with_prefix(settings.topic_prefix)
     auditor = Auditor()
 
@@ -75,4 +84,36 @@ async def audit_topics(settings: Settings) -> AuditReport:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
-    return auditor.report()
+    report = auditor.report()
+    url = database_url or settings.database_url
+    if url:
+        await _compare_database(auditor, report, url)
+    return report
+
+
+async def _compare_database(auditor: Auditor, report: AuditReport, url: str) -> None:
+    import asyncpg  # only an audit with a database needs the driver
+
+    conn = await asyncpg.connect(url, timeout=30)
+    try:
+        members: dict[str, list[tuple[str, str]]] = {}
+        rows = await conn.fetch(
+            "SELECT match_id, request_id, user_id FROM match_members"
+            " WHERE match_id = ANY($1::text[])",
+            auditor.match_ids,
+        )
+        for row in rows:
+            members.setdefault(row["match_id"], []).append((row["request_id"], row["user_id"]))
+        # Members are written in the transaction of their match: a match without
+        # member rows is a match the sink has not stored.
+        rows = await conn.fetch(
+            "SELECT request_id, pool_id, status, match_id FROM requests"
+            " WHERE request_id = ANY($1::text[])",
+            auditor.request_ids,
+        )
+        requests = {
+            (row["pool_id"], row["request_id"]): (row["status"], row["match_id"]) for row in rows
+        }
+    finally:
+        await conn.close()
+    auditor.compare_database(report, members=members, requests=requests)

@@ -17,7 +17,7 @@ __all__ = ["main"]
 def _settings_with(args: argparse.Namespace) -> Settings:
     """Settings from the environment, with the flags given on the command line on top."""
     overrides: dict[str, object] = {}
-    for flag in ("broker", "web_port", "data_dir"):
+    for flag in ("broker", "web_port", "data_dir", "database_url"):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[flag] = value
@@ -116,6 +116,11 @@ def _parser() -> argparse.ArgumentParser:
         "audit", help="check the contract's invariants over the topics; exit 1 on a violation"
     )
     audit.add_argument("--broker")
+    audit.add_argument(
+        "--database-url",
+        dest="database_url",
+        help="also compare with the Postgres sink (MATCHSTREAM_DATABASE_URL)",
+    )
     audit.set_defaults(func=_cmd_audit)
     return parser
 

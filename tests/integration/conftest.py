@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from streams.kafka_local import LocalKafka, free_port
 from streams.settings import Settings, get_settings
 from streams.worker_process import WorkerProcess
 from tests.support.harness import isolated_settings, prepare_topics
+from tests.support.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +32,17 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def local_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server for the session, started only when a test asks for it."""
+    server = LocalPostgres()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 async def settings(kafka_bootstrap: str, tmp_path: Path) -> AsyncIterator[Settings]:
     isolated = isolated_settings(kafka_bootstrap, tmp_path / "data")
@@ -43,12 +56,11 @@ def worker_factory(settings: Settings, tmp_path: Path) -> Iterator[type[WorkerPr
     started: list[WorkerProcess] = []
 
     class _Factory(WorkerProcess):
-        def __init__(self, data_dir: Path | None = None) -> None:
-            own = (
-                settings if data_dir is None else settings.model_copy(update={"data_dir": data_dir})
-            )
+        def __init__(self, data_dir: Path | None = None, **overrides: Any) -> None:
+            """A second worker needs its own `data_dir` (and gets its own web port)."""
+            own = settings.model_copy(update=overrides)
             if data_dir is not None:
-                own = own.model_copy(update={"web_port": free_port()})
+                own = own.model_copy(update={"data_dir": data_dir, "web_port": free_port()})
             super().__init__(own, tmp_path / f"worker-{len(started)}.log")
             started.append(self)
 
