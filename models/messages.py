@@ -16,6 +16,7 @@ __all__ = [
     "TERMINAL_STATUSES",
     "Criteria",
     "DlqRecord",
+    "Identifier",
     "MatchConfirm",
     "MatchFound",
     "MatchMember",
@@ -33,6 +34,7 @@ Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 ShortText = Annotated[str, StringConstraints(max_length=200)]
+NonNegative = Annotated[float, Field(ge=0)]
 LongText = Annotated[str, StringConstraints(max_length=2000)]
 CriterionValue = str | int | float | bool | None
 Criteria = dict[ShortText, CriterionValue]
@@ -113,9 +115,11 @@ class PoolConfig(_Input):
     """How a pool matches (CONTRACT section 1.4). Defaults describe an unconfigured pool."""
 
     mode: Literal["pair", "group", "recommend", "batch"] = "pair"
+    name: ShortText | None = None
+    """Display name (the seed's `event_name`); the pool_id when unset."""
     group_size: int = Field(2, ge=2, le=64)
     match_on: list[ShortText] = Field(default_factory=list, max_length=32)
-    relax_after_s: dict[ShortText, float] = Field(default_factory=dict, max_length=32)
+    relax_after_s: dict[ShortText, NonNegative] = Field(default_factory=dict, max_length=32)
     min_score: float = Field(0.0, ge=0.0, le=1.0)
     chaos: float = Field(0.0, ge=0.0, le=10.0)
     request_ttl_s: float | None = Field(300.0, gt=0, le=30 * 24 * 3600)
@@ -124,8 +128,8 @@ class PoolConfig(_Input):
     top_k: int = Field(3, ge=1, le=100)
     tables: int = Field(0, ge=0, le=10_000)
     seats_per_table: int = Field(0, ge=0, le=1_000)
-    max_waiting: int | None = Field(None, ge=1)
-    weights: dict[ShortText, float] = Field(
+    max_waiting: int | None = Field(None, ge=1, le=1_000_000_000)
+    weights: dict[ShortText, NonNegative] = Field(
         default_factory=lambda: {"interests": 1.0, "embedding": 1.0, "attributes": 0.5},
         max_length=16,
     )

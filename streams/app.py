@@ -85,7 +85,8 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         broker_heartbeat_interval=1.0,
         processing_guarantee="at_least_once",
         web_port=settings.web_port,
-        web_bind="127.0.0.1",
+        web_bind=settings.web_bind,
+        web_host=settings.web_host,
         web_in_thread=False,
         autodiscover=False,
         # Tables and topics carry bytes we encode ourselves (models.codec).
@@ -113,7 +114,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     # Imported here because agents register themselves on the app being built.
     from agents import matcher, ticker
     from streams import relay
-    from web import health
+    from web import health, server
 
     matcher.register(stream)
     ticker.register(stream)
@@ -123,4 +124,5 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
 
         pg_sink.register(stream)
     health.register(stream)
+    server.register(stream)
     return stream

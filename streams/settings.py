@@ -26,6 +26,15 @@ class Settings(BaseSettings):
         description="MATCHSTREAM_BROKER: Kafka bootstrap URL(s), `kafka://host:port[;host:port]`.",
     )
     web_port: int = Field(6066, description="MATCHSTREAM_WEB_PORT: the worker's HTTP port.")
+    web_bind: str = Field(
+        "127.0.0.1",
+        description="MATCHSTREAM_WEB_BIND: interface the HTTP server listens on (0.0.0.0 for all).",
+    )
+    web_host: str = Field(
+        "127.0.0.1",
+        description="MATCHSTREAM_WEB_HOST: host name other workers use to reach this one; "
+        "requests for a pool are forwarded to the worker that owns it.",
+    )
     data_dir: Path = Field(
         Path("var"),
         description="MATCHSTREAM_DATA_DIR: RocksDB tables and the local broker's files live here.",

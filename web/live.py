@@ -1,0 +1,153 @@
+"""`GET /pools/{pool_id}/stream`: a caller's status events as Server-Sent Events.
+
+Any worker can serve any pool: a pool's status events all sit in one partition of
+`match.status` (keyed by pool_id), so each connection reads that partition with its
+own consumer, from the end or from just after the `Last-Event-ID` it names. Event
+ids are `<partition>-<offset>`, which makes a reconnect lose nothing and repeat
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
+
+from web.auth import HttpError
+from web.routing import Call, QueryParam, Route
+
+__all__ = ["StatusStreams", "partition_of"]
+
+log = logging.getLogger(__name__)
+
+_KEEPALIVE_S = 10.0  # also how soon a vanished client is noticed
+_FETCH_WAIT_MS = 20  # bounds the added latency of an idle partition
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for a key (murmur2, as Java)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+@dataclass(frozen=True)
+class _Start:
+    partition: int
+    offset: int | None
+    """First offset to send; None means the end of the partition at connect time."""
+
+
+class StatusStreams:
+    """Serves live status streams, at most `max_streams` at once per worker.
+
+    Example:
+        >>> StatusStreams(bootstrap=["127.0.0.1:9092"], topic="match.status",
+        ...               partitions=8).open_streams
+        0
+    """
+
+    def __init__(
+        self, *, bootstrap: list[str], topic: str, partitions: int, max_streams: int = 500
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._partitions = partitions
+        self._max_streams = max_streams
+        self.open_streams = 0
+
+    def route(self) -> Route:
+        return Route(
+            "GET",
+            "/pools/{pool_id}/stream",
+            self.serve,
+            "Live status events of the caller (Server-Sent Events)",
+            "user",
+            query=(
+                QueryParam("user_id", "Admins only: the user whose events to send (default all)."),
+                QueryParam("last_event_id", "Resume after this event id (as the header)."),
+            ),
+            errors=(401, 403, 422, 503),
+            streams=True,
+        )
+
+    async def serve(self, call: Call) -> web.StreamResponse:
+        pool_id = call.params["pool_id"]
+        user_filter = call.caller.user_id if not call.caller.admin else call.query.get("user_id")
+        start = self._start(pool_id, call)
+        if self.open_streams >= self._max_streams:
+            raise HttpError(
+                503, "too many open streams on this worker", headers={"Retry-After": "5"}
+            )
+        self.open_streams += 1
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=_FETCH_WAIT_MS,
+        )
+        try:
+            await consumer.start()
+            tp = TopicPartition(self._topic, start.partition)
+            consumer.assign([tp])
+            offset = start.offset
+            if offset is None:
+                offset = (await consumer.end_offsets([tp]))[tp]
+            consumer.seek(tp, offset)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(call.request)
+            # The comment tells a client the stream is live: events after it are not missed.
+            await response.write(f"retry: 1000\n: streaming from offset {offset}\n\n".encode())
+            await self._pump(consumer, tp, response, pool_id, user_filter)
+            return response
+        except (ConnectionResetError, ConnectionError):
+            log.debug("stream closed by client pool=%s", pool_id)
+            return web.Response(status=499)
+        finally:
+            self.open_streams -= 1
+            await consumer.stop()
+
+    async def _pump(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        response: web.StreamResponse,
+        pool_id: str,
+        user_filter: str | None,
+    ) -> None:
+        while True:
+            batches = await consumer.getmany(tp, timeout_ms=int(_KEEPALIVE_S * 1000))
+            records = batches.get(tp, [])
+            if not records:
+                await response.write(b": keepalive\n\n")
+                continue
+            chunk = bytearray()
+            for record in records:
+                if record.key != pool_id.encode() or record.value is None:
+                    continue  # another pool hashed to the same partition
+                event = orjson.loads(record.value)
+                if user_filter is not None and event.get("user_id") != user_filter:
+                    continue
+                chunk += b"id: %d-%d\nevent: %s\ndata: %s\n\n" % (
+                    tp.partition,
+                    record.offset,
+                    str(event.get("status", "status")).encode(),
+                    record.value,
+                )
+            if chunk:
+                await response.write(bytes(chunk))
+
+    def _start(self, pool_id: str, call: Call) -> _Start:
+        partition = partition_of(pool_id, self._partitions)
+        last = call.request.headers.get("Last-Event-ID") or call.query.get("last_event_id")
+        if not last:
+            return _Start(partition, None)
+        named_partition, _, offset = last.partition("-")
+        if not (named_partition.isdigit() and offset.isdigit()):
+            raise HttpError(422, "Last-Event-ID: expected <partition>-<offset>")
+        if int(named_partition) != partition:
+            raise HttpError(422, "Last-Event-ID: that event is not from this pool's stream")
+        return _Start(partition, int(offset) + 1)
