@@ -2,14 +2,16 @@
 
 It runs with concurrency 1 so that offsets are never committed past a message
 still being processed, and all table writes happen inside stream iteration so
-they land in the changelog partition of the input partition.
+they land in the changelog partition of the input partition. Each input's writes
+carry an `InputMark` with its offset: a message Kafka delivers again (after a
+crash or a rebalance, before its offset was committed) is skipped, not re-applied.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from faust.types import EventT, StreamT
 
@@ -17,7 +19,7 @@ from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand
-from models.state import decode_state
+from models.state import InputMark, decode_state, mark_key
 from streams.app import Matchstream
 from streams.dlq import dlq_record
 
@@ -57,12 +59,16 @@ def register(stream: Matchstream) -> None:
         stream.names.tick: _on_tick,
     }
 
+    applied = _AppliedOffsets()
+
     @stream.state.on_recover
     async def rebuild_engine() -> None:
         # Tables hold only the partitions assigned now, so this also forgets
         # pools that moved to another worker.
         started = time.monotonic()
-        stream.engine.load(decode_state(value) for value in stream.state.values())
+        records = [decode_state(value) for value in stream.state.values()]
+        applied.load(record for record in records if isinstance(record, InputMark))
+        stream.engine.load(record for record in records if not isinstance(record, InputMark))
         waiting = sum(len(book.waiting) for book in stream.engine.pools.values())
         log.info(
             "engine rebuilt pools=%d waiting=%d seconds=%.3f",
@@ -83,7 +89,7 @@ def register(stream: Matchstream) -> None:
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
-            await _process(stream, handlers, event, progress)
+            await _process(stream, handlers, event, progress, applied)
             guard.processed(event.message.tp, event.message.offset)
 
     @stream.app.timer(_STALL_CHECK_INTERVAL_S, name="matcher_stall_guard")
@@ -95,45 +101,78 @@ def register(stream: Matchstream) -> None:
         progress.log_since_last(stream.engine)
 
 
+class _AppliedOffsets:
+    """The last applied offset per input topic partition, mirrored from `InputMark`s."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def load(self, marks: Iterable[InputMark]) -> None:
+        self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
+
+    def already(self, topic: str, partition: int, offset: int) -> bool:
+        return offset <= self._offsets.get((topic, partition), -1)
+
+    def mark(self, topic: str, partition: int, offset: int) -> tuple[str, InputMark]:
+        self._offsets[(topic, partition)] = offset
+        record = InputMark(partition=partition, changed_at=time.time(), topic=topic, offset=offset)
+        return mark_key(topic, partition), record
+
+
 class _Progress:
     """Counters for the operator's periodic progress line."""
 
     def __init__(self) -> None:
-        self.inputs = self.ticks = self.writes = self.rejected = 0
-        self._logged = (0, 0, 0, 0)
+        self.inputs = self.ticks = self.writes = self.rejected = self.redelivered = 0
+        self._logged = (0, 0, 0, 0, 0)
 
     def log_since_last(self, engine: MatchEngine) -> None:
-        now = (self.inputs, self.ticks, self.writes, self.rejected)
+        now = (self.inputs, self.ticks, self.writes, self.rejected, self.redelivered)
         if now == self._logged:
             return
-        inputs, ticks, writes, rejected = (a - b for a, b in zip(now, self._logged, strict=True))
+        inputs, ticks, writes, rejected, redelivered = (
+            a - b for a, b in zip(now, self._logged, strict=True)
+        )
         self._logged = now
         log.info(
-            "matcher progress inputs=%d ticks=%d state_writes=%d rejected=%d pools=%d waiting=%d",
+            "matcher progress inputs=%d ticks=%d state_writes=%d rejected=%d redelivered=%d "
+            "pools=%d waiting=%d",
             inputs,
             ticks,
             writes,
             rejected,
+            redelivered,
             len(engine.pools),
             sum(len(book.waiting) for book in engine.pools.values()),
         )
 
 
 async def _process(
-    stream: Matchstream, handlers: dict[str, Handler], event: EventT, progress: _Progress
+    stream: Matchstream,
+    handlers: dict[str, Handler],
+    event: EventT,
+    progress: _Progress,
+    applied: _AppliedOffsets,
 ) -> None:
     message = event.message
     handler = handlers[message.topic]
-    if message.topic == stream.names.tick:
+    # Ticks only ask "what is due now?": applying one twice changes nothing.
+    is_tick = message.topic == stream.names.tick
+    if is_tick:
         progress.ticks += 1
+    elif applied.already(message.topic, message.partition, message.offset):
+        progress.redelivered += 1
+        return
     else:
         progress.inputs += 1
     try:
         effects = handler(stream.engine, event.value, message.partition, time.time())
     except (DecodeError, MisroutedError) as exc:
         progress.rejected += 1
+        effects = Effects()
         await _reject(stream, event, str(exc))
-        return
+    if not is_tick:
+        effects.writes.append(applied.mark(message.topic, message.partition, message.offset))
     progress.writes += len(effects.writes)
     for key, record in effects.writes:
         stream.state[key] = dumps(record)

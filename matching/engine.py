@@ -80,7 +80,7 @@ class MatchEngine:
                 book.paused, book.closed = record.paused, record.closed
             elif isinstance(record, RequestState):
                 requests.append(record)
-            elif record.state == "proposed":
+            elif isinstance(record, MatchState) and record.state == "proposed":
                 book = self._book(record.found.pool_id, record.partition)
                 book.proposals[record.found.match_id] = record
         for request in sorted(requests, key=lambda item: item.queued_at):

@@ -17,11 +17,13 @@ from models.messages import Criteria, MatchFound, MatchStatus, PoolConfig, Profi
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "InputMark",
     "MatchState",
     "PoolState",
     "RequestState",
     "StateRecord",
     "decode_state",
+    "mark_key",
     "state_key",
 ]
 
@@ -32,6 +34,11 @@ _SEPARATOR = "\x1f"  # identifiers cannot contain control characters, so keys ne
 def state_key(kind: Literal["p", "r", "m"], pool_id: str, item_id: str = "") -> str:
     """The table key of a pool (`p`), request (`r`) or match (`m`) record."""
     return f"{kind}{_SEPARATOR}{pool_id}{_SEPARATOR}{item_id}"
+
+
+def mark_key(topic: str, partition: int) -> str:
+    """The table key of the `InputMark` of one input topic partition."""
+    return f"o{_SEPARATOR}{topic}{_SEPARATOR}{partition}"
 
 
 class _Record(BaseModel):
@@ -101,11 +108,25 @@ class PoolState(_Record):
     closed: bool = False
 
 
-StateRecord = RequestState | MatchState | PoolState
+class InputMark(_Record):
+    """The offset of the last input message of one topic partition applied to the table.
+
+    Written with the state changes of that message, in the same changelog partition,
+    so after a crash or a rebalance a message delivered again is recognised and
+    skipped: at-least-once delivery, applied once.
+    """
+
+    kind: Literal["mark"] = "mark"
+    topic: str
+    offset: int
+
+
+StateRecord = RequestState | MatchState | PoolState | InputMark
 _KINDS: dict[str, type[StateRecord]] = {
     "request": RequestState,
     "match": MatchState,
     "pool": PoolState,
+    "mark": InputMark,
 }
 
 

@@ -159,11 +159,16 @@ def _unavailable(detail: str) -> HttpError:
     return HttpError(503, detail, headers={"Retry-After": "1"})
 
 
+def _json_body(value: Any) -> bytes:
+    # The newline keeps answers readable in a terminal (`curl`), and JSON ignores it.
+    return orjson.dumps(value) + b"\n"
+
+
 def error_response(
     status: int, detail: object, headers: dict[str, str] | None = None
 ) -> web.Response:
     return web.Response(
-        body=orjson.dumps({"detail": detail}),
+        body=_json_body({"detail": detail}),
         status=status,
         content_type="application/json",
         headers=headers,
@@ -180,6 +185,21 @@ def mount(
     """Add every route to an aiohttp application that has not started yet."""
     for route in routes:
         app.router.add_route(route.method, route.path, _dispatcher(route, authenticator, owners))
+    app.middlewares.append(_json_errors)
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Unknown paths and methods answer `{"detail": ...}` like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {k: v for k, v in error.headers.items() if k.lower() != "content-type"}
+        return error_response(error.status, error.reason, headers)
 
 
 def _dispatcher(
@@ -208,7 +228,7 @@ def _dispatcher(
             return error_response(error.status, error.detail, error.headers)
         if isinstance(outcome, Reply):
             return web.Response(
-                body=orjson.dumps(outcome.body.model_dump(mode="json")),
+                body=_json_body(outcome.body.model_dump(mode="json")),
                 status=outcome.status,
                 content_type="application/json",
                 headers={_WORKER_HEADER: owners.label},

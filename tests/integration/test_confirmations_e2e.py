@@ -195,7 +195,9 @@ async def test_timeout_cancel_and_crash_during_pending_proposals(
     )
     assert _statuses(outputs, "silent-ann")[-1] == "requeued"
     assert _statuses(outputs, "cancel-cy")[-1] == "cancelled", [
-        e for e in outputs.statuses if e["pool_id"] == "cancel"
+        (e["user_id"], e["status"], e["reason"], e.get("about"), e["at"])
+        for e in outputs.statuses
+        if e["pool_id"] == "cancel"
     ]
     assert _statuses(outputs, "cancel-dee")[-1] == "requeued"
     refused = [e for e in outputs.statuses if e.get("about") == "confirm"]
