@@ -5,6 +5,10 @@ still being processed, and all table writes happen inside stream iteration so
 they land in the changelog partition of the input partition. Each input's writes
 carry an `InputMark` with its offset: a message Kafka delivers again (after a
 crash or a rebalance, before its offset was committed) is skipped, not re-applied.
+
+Besides the contract's inputs it consumes `matchstream.profile-change` (profiles
+sent on by `agents.profiles`) and the ticks; batch runs are computed in threads
+(`agents.batch_runs`) and their results applied at a tick of the pool's partition.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from collections.abc import Callable, Iterable
 
 from faust.types import EventT, StreamT
 
+from agents.batch_runs import BatchRuns
 from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
-from models.messages import MatchConfirm, MatchRequest, PoolCommand
+from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
 from models.state import InputMark, decode_state, mark_key
 from streams.app import Matchstream
 from streams.dlq import dlq_record
@@ -50,6 +55,10 @@ def _on_tick(engine: MatchEngine, raw: bytes | None, partition: int, now: float)
     return engine.tick(partition=partition, now=now)
 
 
+def _on_profile(engine: MatchEngine, raw: bytes | None, partition: int, now: float) -> Effects:
+    return engine.handle_profile(decode(ProfileChange, raw), partition=partition, now=now)
+
+
 def register(stream: Matchstream) -> None:
     """Add the matcher agent and the table recovery hook to the app."""
     handlers: dict[str, Handler] = {
@@ -57,6 +66,7 @@ def register(stream: Matchstream) -> None:
         stream.names.confirm: _on_confirm,
         stream.names.command: _on_command,
         stream.names.tick: _on_tick,
+        stream.names.profile_changes: _on_profile,
     }
 
     applied = _AppliedOffsets()
@@ -69,6 +79,7 @@ def register(stream: Matchstream) -> None:
         records = [decode_state(value) for value in stream.state.values()]
         applied.load(record for record in records if isinstance(record, InputMark))
         stream.engine.load(record for record in records if not isinstance(record, InputMark))
+        stream.watch.reload(records)
         waiting = sum(len(book.waiting) for book in stream.engine.pools.values())
         log.info(
             "engine rebuilt pools=%d waiting=%d seconds=%.3f",
@@ -78,18 +89,24 @@ def register(stream: Matchstream) -> None:
         )
 
     progress = _Progress()
+    runs = BatchRuns()
     guard = StallGuard(
         app=stream.app,
         group_id=stream.settings.app_id,
         bootstrap_servers=",".join(stream.settings.broker_hosts),
-        input_topics=(stream.names.request, stream.names.confirm, stream.names.command),
+        input_topics=(
+            stream.names.request,
+            stream.names.confirm,
+            stream.names.command,
+            stream.names.profile_changes,
+        ),
         stall_after_s=_STALL_AFTER_S,
     )
 
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
-            await _process(stream, handlers, event, progress, applied)
+            await _process(stream, handlers, event, progress, applied, runs)
             guard.processed(event.message.tp, event.message.offset)
 
     @stream.app.timer(_STALL_CHECK_INTERVAL_S, name="matcher_stall_guard")
@@ -153,6 +170,7 @@ async def _process(
     event: EventT,
     progress: _Progress,
     applied: _AppliedOffsets,
+    runs: BatchRuns,
 ) -> None:
     message = event.message
     handler = handlers[message.topic]
@@ -162,22 +180,36 @@ async def _process(
         progress.ticks += 1
     elif applied.already(message.topic, message.partition, message.offset):
         progress.redelivered += 1
+        stream.watch.metrics.redelivered.labels(message.topic).inc()
         return
     else:
         progress.inputs += 1
+    now = time.time()
     try:
-        effects = handler(stream.engine, event.value, message.partition, time.time())
+        effects = handler(stream.engine, event.value, message.partition, now)
     except (DecodeError, MisroutedError) as exc:
         progress.rejected += 1
         effects = Effects()
+        stream.watch.metrics.dlq.labels(message.topic).inc()
         await _reject(stream, event, str(exc))
-    if not is_tick:
+    if is_tick:
+        effects.extend(runs.collect(stream.engine, message.partition, now))
+    else:
         effects.writes.append(applied.mark(message.topic, message.partition, message.offset))
     progress.writes += len(effects.writes)
     for key, record in effects.writes:
         stream.state[key] = dumps(record)
+    stream.watch.applied(
+        effects.writes,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        input_timestamp=None if is_tick else message.timestamp,
+        now=now,
+    )
     for notice in effects.notices:
         await stream.status.send(key=notice.pool_id.encode(), value=dumps(notice))
+    runs.launch(effects)
 
 
 async def _reject(stream: Matchstream, event: EventT, error: str) -> None:

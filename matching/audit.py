@@ -19,6 +19,9 @@ __all__ = ["AuditReport", "Auditor"]
 
 _MAX_EXAMPLES = 5
 
+_Event = tuple[str, str | None, str | None]
+"""One `match.status` of a request: status, match_id, at."""
+
 
 @dataclass
 class AuditReport:
@@ -74,7 +77,7 @@ class Auditor:
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str], dict[str, Any]] = {}
         self._configs: dict[str, PoolConfig] = {}
-        self._statuses: dict[tuple[str, str], list[tuple[str, str | None]]] = defaultdict(list)
+        self._statuses: dict[tuple[str, str], list[_Event]] = defaultdict(list)
         self._matches: dict[str, list[bytes]] = defaultdict(list)
         self._match_bodies: dict[str, dict[str, Any]] = {}
         self._dlq = 0
@@ -92,7 +95,7 @@ class Auditor:
     def add_status(self, event: Mapping[str, Any]) -> None:
         if event.get("about") is None:
             key = (event["pool_id"], event["request_id"])
-            self._statuses[key].append((event["status"], event.get("match_id")))
+            self._statuses[key].append((event["status"], event.get("match_id"), event.get("at")))
 
     def add_found(self, found: Mapping[str, Any]) -> None:
         body = orjson.dumps(found, option=orjson.OPT_SORT_KEYS)
@@ -135,7 +138,7 @@ class Auditor:
             elif set(stored) != expected:
                 report.violate("database members differ", f"{match_id}: {sorted(stored)}")
         for (pool_id, request_id), history in self._statuses.items():
-            end = next((item for item in history if item[0] in TERMINAL_STATUSES), None)
+            end = next((item[:2] for item in history if item[0] in TERMINAL_STATUSES), None)
             if end is None:
                 continue  # still active: the database may lag behind, nothing is final yet
             row = requests.get((pool_id, request_id))
@@ -155,7 +158,10 @@ class Auditor:
 
     def _check_statuses(self, report: AuditReport) -> None:
         for (pool_id, request_id), history in self._statuses.items():
-            ended = list(dict.fromkeys(item for item in history if item[0] in TERMINAL_STATUSES))
+            ended = list(
+                dict.fromkeys(item[:2] for item in history if item[0] in TERMINAL_STATUSES)
+            )
+            # A re-emit is the same event again, `at` included (the relay replays records).
             report.duplicate_outputs += len(history) - len(dict.fromkeys(history))
             if not ended:
                 report.still_active += 1
@@ -164,7 +170,14 @@ class Auditor:
             if len(ended) > 1:
                 report.violate("two terminal statuses", f"{pool_id}/{request_id}: {ended}")
             first_end = next(i for i, item in enumerate(history) if item[0] in TERMINAL_STATUSES)
-            later = [item for item in history[first_end:] if item not in ended]
+            # After a crash or a rebalance the relay replays from its last commit, so an
+            # earlier status may come again after the end; only a new one is a violation.
+            seen = set(history[: first_end + 1])
+            later = [
+                item[:2]
+                for item in history[first_end:]
+                if item not in seen and item[:2] not in ended
+            ]
             if later:
                 report.violate("status after the end", f"{pool_id}/{request_id}: {later}")
 
@@ -185,7 +198,7 @@ class Auditor:
                 other = match_of_request.setdefault(key, match_id)
                 if other != match_id:
                     report.violate("request in two matches", f"{key[1]}: {other}, {match_id}")
-                if ("matched", match_id) not in self._statuses.get(key, []):
+                if ("matched", match_id) not in {item[:2] for item in self._statuses.get(key, [])}:
                     report.violate("member without matched status", f"{key[1]} in {match_id}")
             self._check_rules(report, found)
 
@@ -196,6 +209,8 @@ class Auditor:
             report.violate(
                 "match size", f"{found['match_id']}: {len(members)} != {config.members_per_match}"
             )
+        if config.mode not in ("pair", "group"):
+            return  # batch pairing ignores `match_on`: everyone waiting is paired
         requests = [self._requests.get((found["pool_id"], m["request_id"])) for m in members]
         if any(request is None for request in requests):
             return  # the inputs were not read (or aged out); only outputs can be checked

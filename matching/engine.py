@@ -4,29 +4,43 @@
 input partition, applies the returned `Effects.writes` to the state table (in
 order) and sends `Effects.notices`. Everything it decides is reproducible from
 its inputs, which is what lets the property tests drive it directly.
+
+Pools match on arrival (`pair`, `group`: `matching.arrival`), keep top-K lists
+(`recommend`: `matching.recommend_pool`) or pair everyone at `start_matching`
+(`batch`: `matching.batch_pool`, whose jobs the caller computes off the event loop).
 """
 
 from __future__ import annotations
 
-import hashlib
-import random
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from matching.pool import PoolBook, same_criterion
-from matching.scoring import ScoredPair, group_score, score_pair
+from matching.arrival import find_partners, form_match
+from matching.batch import BatchResult
+from matching.batch_pool import fail_run, finish_run, resume_run, start_run
+from matching.pool import PoolBook, RunProgress
+from matching.profiles import ProfileDirectory
+from matching.recommend_pool import RecommendLists, list_settings
+from matching.records import Effects, end_request, pool_record
 from models.codec import utc_now_iso
 from models.messages import (
-    CriterionValue,
     MatchConfirm,
-    MatchFound,
-    MatchMember,
+    MatchRecommendations,
     MatchRequest,
     MatchStatus,
     PoolCommand,
     PoolConfig,
+    Profile,
+    ProfileChange,
 )
-from models.state import MatchState, PoolState, RequestState, StateRecord, state_key
+from models.state import (
+    MatchState,
+    PoolState,
+    ProfileState,
+    RecommendationState,
+    RequestState,
+    StateRecord,
+    state_key,
+)
 
 __all__ = ["Effects", "MatchEngine", "MisroutedError"]
 
@@ -35,18 +49,6 @@ _MATCHING_MODES = frozenset({"pair", "group"})
 
 class MisroutedError(ValueError):
     """A message for a pool arrived on another partition than the pool's (bad key)."""
-
-
-@dataclass
-class Effects:
-    """What one input caused: durable writes (in order) and stateless replies."""
-
-    writes: list[tuple[str, StateRecord]] = field(default_factory=list)
-    notices: list[MatchStatus] = field(default_factory=list)
-
-    def extend(self, other: Effects) -> None:
-        self.writes.extend(other.writes)
-        self.notices.extend(other.notices)
 
 
 class MatchEngine:
@@ -65,6 +67,7 @@ class MatchEngine:
         self.pools: dict[str, PoolBook] = {}
         self._pools_by_partition: dict[int, list[PoolBook]] = {}
         """Ticks arrive per partition; this spares each one a walk over every pool."""
+        self.profiles = ProfileDirectory()
 
     # -- recovery -----------------------------------------------------------------
 
@@ -73,24 +76,44 @@ class MatchEngine:
         self.pools.clear()
         self._pools_by_partition.clear()
         requests: list[RequestState] = []
+        profiles: list[ProfileState] = []
+        lists: dict[str, dict[str, MatchRecommendations]] = {}
         for record in records:
             if isinstance(record, PoolState):
                 book = self._book(record.pool_id, record.partition)
                 book.reindex(record.config)
                 book.paused, book.closed = record.paused, record.closed
+                book.run = _run_of(record)
             elif isinstance(record, RequestState):
                 requests.append(record)
             elif isinstance(record, MatchState) and record.state == "proposed":
                 book = self._book(record.found.pool_id, record.partition)
                 book.proposals[record.found.match_id] = record
+            elif isinstance(record, RecommendationState):
+                stored = record.recommendations
+                lists.setdefault(stored.pool_id, {})[stored.user_id] = stored
+            elif isinstance(record, ProfileState):
+                profiles.append(record)
+        self.profiles.load(profiles)
         for request in sorted(requests, key=lambda item: item.queued_at):
             book = self._book(request.pool_id, request.partition)
             book.known_requests.add(request.request_id)
+            if request.profile_only:
+                request = request.model_copy(update={"profile_only": False})
             if request.status == "proposed":
                 book.proposed[request.request_id] = request
                 book.active_by_user[request.user_id] = request.request_id
             elif request.active:
                 book.add_waiting(request)
+        for book in self.pools.values():
+            if book.config.mode == "recommend":
+                book.lists = RecommendLists.rebuild(
+                    pool_id=book.pool_id,
+                    partition=book.partition,
+                    config=book.config,
+                    active=[(r.user_id, r.profile, r.priority) for r in book.waiting.values()],
+                    stored=lists.get(book.pool_id, {}),
+                )
 
     # -- inputs -------------------------------------------------------------------
 
@@ -119,6 +142,7 @@ class MatchEngine:
                 )
             )
         effects.extend(self._place(book, request, now))
+        effects.writes.extend(_lists_due(book, now))
         return effects
 
     def handle_command(self, command: PoolCommand, *, partition: int, now: float) -> Effects:
@@ -128,25 +152,33 @@ class MatchEngine:
         match command.command:
             case "configure":
                 assert command.config is not None  # the model refuses configure without it
+                before = book.config
                 book.reindex(command.config)
                 book.plan_next_sweep(now)
-                effects.writes.append(_pool_record(book, now))
+                effects.writes.append(pool_record(book, now))
+                effects.writes.extend(_follow_mode(book, before, now))
                 effects.extend(self._sweep(book, now))
             case "pause":
                 book.paused = True
-                effects.writes.append(_pool_record(book, now))
+                effects.writes.append(pool_record(book, now))
             case "resume":
                 book.paused = False
-                effects.writes.append(_pool_record(book, now))
+                effects.writes.append(pool_record(book, now))
                 effects.extend(self._sweep(book, now))
             case "close":
                 book.closed = True
-                effects.writes.append(_pool_record(book, now))
+                effects.writes.append(pool_record(book, now))
                 effects.extend(self._end_all_waiting(book, "expired", "pool_closed", now))
             case "clear":
                 effects.extend(self._end_all_waiting(book, "cancelled", "cleared", now))
+            case "start_matching" if book.config.mode == "batch":
+                effects.extend(start_run(book, now))
+            case "rematch" if book.lists is not None:
+                effects.writes.extend(book.lists.rematch(book.config, now, paused=book.paused))
             case "start_matching" | "rematch":
                 effects.extend(self._sweep(book, now))
+        if book.lists is not None:
+            effects.writes.extend(book.lists.drain(now, paused=book.paused))
         return effects
 
     def handle_confirm(self, message: MatchConfirm, *, partition: int, now: float) -> Effects:
@@ -185,8 +217,29 @@ class MatchEngine:
         effects.extend(_finish_proposal(book, proposal, answers, now))
         return effects
 
+    def handle_profile(self, change: ProfileChange, *, partition: int, now: float) -> Effects:
+        """Apply a profile change to this partition: its copy, and the user's active requests.
+
+        A waiting request in a `pair`/`group` pool is matched again with the new
+        profile; in a `recommend` pool the user's list and the lists that rank them
+        are redone at the next drain; proposals and batch runs keep the profile they
+        started with.
+        """
+        record = self.profiles.offer(change, partition=partition, now=now)
+        if record is None:
+            return Effects()
+        effects = Effects(writes=[record])
+        for book in self._pools_by_partition.get(partition, []):
+            request_id = book.active_by_user.get(change.user_id)
+            if request_id is not None:
+                effects.extend(_expire_due(book, now))
+                effects.extend(self._reprofile(book, request_id, change.profile, now))
+                effects.writes.extend(_lists_due(book, now))
+        return effects
+
     def tick(self, *, partition: int, now: float) -> Effects:
-        """Time passes on one partition: expire requests, match those that relaxed."""
+        """Time passes on one partition: expire requests, match those that relaxed,
+        apply queued list changes, hand out batch runs recovered mid-way."""
         effects = Effects()
         for book in self._pools_by_partition.get(partition, []):
             effects.extend(_expire_due(book, now))
@@ -195,7 +248,27 @@ class MatchEngine:
                     effects.extend(self._time_out(book, proposal, now))
             if now >= book.next_sweep_at:
                 effects.extend(self._sweep(book, now))
+            if book.lists is not None:
+                effects.writes.extend(book.lists.drain(now, paused=book.paused))
+            job = resume_run(book)
+            if job is not None:
+                effects.jobs.append(job)
         return effects
+
+    def finish_batch(
+        self, pool_id: str, run: int, result: BatchResult, *, seconds: float, now: float
+    ) -> Effects:
+        """Apply a computed `start_matching` run; call it while handling an input of the
+        pool's partition (a tick), so its writes land in that partition's changelog."""
+        book = self.pools.get(pool_id)
+        if book is None:
+            return Effects()
+        return finish_run(book, run, result, seconds=seconds, now=now)
+
+    def fail_batch(self, pool_id: str, run: int, error: str, *, now: float) -> Effects:
+        """Record that computing a run failed; its requests keep waiting."""
+        book = self.pools.get(pool_id)
+        return Effects() if book is None else fail_run(book, run, error, now)
 
     # -- rules --------------------------------------------------------------------
 
@@ -222,7 +295,8 @@ class MatchEngine:
             pool_id=message.pool_id,
             user_id=message.user_id,
             criteria=message.criteria,
-            profile=message.profile,
+            # Without a profile of its own, a request takes the user's stored one.
+            profile=message.profile or self.profiles.get(message.user_id),
             priority=message.priority,
             status="queued",
             queued_at=now,
@@ -232,7 +306,7 @@ class MatchEngine:
 
     def _refuse(self, book: PoolBook, request: RequestState, reason: str, now: float) -> Effects:
         book.known_requests.add(request.request_id)
-        return Effects(writes=[_end(request, "rejected", reason, now)])
+        return Effects(writes=[end_request(request, "rejected", reason, now)])
 
     def _cancel(self, book: PoolBook, message: MatchRequest, now: float) -> Effects:
         request = book.waiting.get(message.request_id) or book.proposed.get(message.request_id)
@@ -260,7 +334,7 @@ class MatchEngine:
         """End an active request; if it was in a proposal, requeue the other members."""
         waiting = book.remove_waiting(request_id)
         if waiting is not None:
-            return Effects(writes=[_end(waiting, status, reason, now)])
+            return Effects(writes=[end_request(waiting, status, reason, now)])
         request = book.proposed.pop(request_id, None)
         if request is None:
             return Effects()
@@ -269,7 +343,9 @@ class MatchEngine:
         assert request.match_id is not None
         proposal = book.proposals.pop(request.match_id)
         effects = Effects(writes=[_cancelled(book, proposal, now)])
-        effects.writes.append(_end(request, status, reason, now, match_id=proposal.found.match_id))
+        effects.writes.append(
+            end_request(request, status, reason, now, match_id=proposal.found.match_id)
+        )
         for member in proposal.found.members:
             if member.request_id != request_id:
                 effects.extend(self._requeue(book, member.request_id, f"partner {status}", now))
@@ -287,7 +363,9 @@ class MatchEngine:
                 if book.active_by_user.get(request.user_id) == member.request_id:
                     del book.active_by_user[request.user_id]
                 effects.writes.append(
-                    _end(request, "expired", "confirmation_timeout", now, match_id=request.match_id)
+                    end_request(
+                        request, "expired", "confirmation_timeout", now, match_id=request.match_id
+                    )
                 )
         return effects
 
@@ -309,9 +387,9 @@ class MatchEngine:
         )
         effects = Effects(writes=[(state_key("r", book.pool_id, request_id), requeued)])
         if not book.paused and book.config.mode in _MATCHING_MODES:
-            partners = _find_partners(book, requeued, now)
+            partners = find_partners(book, requeued, now)
             if partners is not None:
-                effects.extend(_form_match(book, requeued, partners, now))
+                effects.extend(form_match(book, requeued, partners, now))
                 return effects
         book.add_waiting(requeued)
         return effects
@@ -324,9 +402,9 @@ class MatchEngine:
         """
         book.known_requests.add(request.request_id)
         if not book.paused and book.config.mode in _MATCHING_MODES:
-            partners = _find_partners(book, request, now)
+            partners = find_partners(book, request, now)
             if partners is not None:
-                return _form_match(book, request, partners, now)
+                return form_match(book, request, partners, now)
         limit = book.config.max_waiting
         if limit is not None and len(book.waiting) >= limit:
             return self._refuse(book, request, "pool_full", now)
@@ -343,12 +421,31 @@ class MatchEngine:
             if request.request_id not in book.waiting:
                 continue  # already taken as someone's partner in this sweep
             book.remove_waiting(request.request_id)
-            partners = _find_partners(book, request, now)
+            partners = find_partners(book, request, now)
             if partners is None:
                 book.add_waiting(request)
             else:
-                effects.extend(_form_match(book, request, partners, now))
+                effects.extend(form_match(book, request, partners, now))
         book.plan_next_sweep(now)
+        return effects
+
+    def _reprofile(self, book: PoolBook, request_id: str, profile: Profile, now: float) -> Effects:
+        request = book.waiting.get(request_id) or book.proposed.get(request_id)
+        if request is None or request.profile == profile:
+            return Effects()
+        updated = request.model_copy(update={"profile": profile, "changed_at": now})
+        key = state_key("r", book.pool_id, request_id)
+        effects = Effects(writes=[(key, updated.model_copy(update={"profile_only": True}))])
+        if request_id in book.proposed:
+            book.proposed[request_id] = updated
+            return effects
+        book.remove_waiting(request_id)
+        if not book.paused and book.config.mode in _MATCHING_MODES:
+            partners = find_partners(book, updated, now)
+            if partners is not None:
+                effects.extend(form_match(book, updated, partners, now))
+                return effects
+        book.add_waiting(updated)
         return effects
 
     def _end_all_waiting(self, book: PoolBook, status: str, reason: str, now: float) -> Effects:
@@ -357,147 +454,62 @@ class MatchEngine:
         for request_id in list(book.waiting):
             request = book.remove_waiting(request_id)
             assert request is not None
-            effects.writes.append(_end(request, status, reason, now))
+            effects.writes.append(end_request(request, status, reason, now))
         for proposal in list(book.proposals.values()):
             del book.proposals[proposal.found.match_id]
             effects.writes.append(_cancelled(book, proposal, now))
             for member in proposal.found.members:
                 request = book.proposed.pop(member.request_id)
                 book.active_by_user.pop(request.user_id, None)
-                effects.writes.append(_end(request, status, reason, now, match_id=request.match_id))
+                effects.writes.append(
+                    end_request(request, status, reason, now, match_id=request.match_id)
+                )
         return effects
 
 
 def _expire_due(book: PoolBook, now: float) -> Effects:
     """End requests past their TTL first, so they are never matched late."""
     return Effects(
-        writes=[_end(request, "expired", "ttl", now) for request in book.pop_expired(now)]
+        writes=[end_request(request, "expired", "ttl", now) for request in book.pop_expired(now)]
     )
 
 
-def _compatible(config: PoolConfig, left: RequestState, right: RequestState, now: float) -> bool:
-    """Both agree on every `match_on` key neither of them has relaxed yet.
-
-    A missing value means "any". A differing value is accepted only when both
-    have waited at least `relax_after_s[key]`.
-    """
-    for key in config.match_on:
-        mine, theirs = left.criteria.get(key), right.criteria.get(key)
-        if mine is None or theirs is None or same_criterion(mine, theirs):
-            continue
-        limit = config.relax_after_s.get(key)
-        if limit is None or now - left.queued_at < limit or now - right.queued_at < limit:
-            return False
-    return True
+def _lists_due(book: PoolBook, now: float) -> list[tuple[str, RecommendationState]]:
+    """A recommend pool's backlog, drained before the next tick when it is large."""
+    return [] if book.lists is None else book.lists.due(now, paused=book.paused)
 
 
-def _find_partners(
-    book: PoolBook, newcomer: RequestState, now: float
-) -> list[tuple[RequestState, ScoredPair]] | None:
+def _follow_mode(
+    book: PoolBook, before: PoolConfig, now: float
+) -> list[tuple[str, RecommendationState]]:
+    """Start, redo or retire the top-K lists when a configure changes what they depend on."""
     config = book.config
-    needed = config.members_per_match - 1
-    relaxable = frozenset(
-        position for position, key in enumerate(config.match_on) if key in config.relax_after_s
+    if config.mode != "recommend":
+        if book.lists is None:
+            return []
+        writes = book.lists.retire(now)
+        book.lists = None
+        return writes
+    if book.lists is None:
+        book.lists = RecommendLists(pool_id=book.pool_id, partition=book.partition, config=config)
+        for request in sorted(book.waiting.values(), key=lambda item: item.queued_at):
+            book.lists.join(request.user_id, request.profile, priority=request.priority)
+        return []  # the command's drain publishes them
+    if list_settings(before) != list_settings(config):
+        return book.lists.rematch(config, now, paused=book.paused)
+    return []
+
+
+def _run_of(record: PoolState) -> RunProgress:
+    return RunProgress(
+        status=record.status,
+        started_at=record.started_at,
+        completed_at=record.completed_at,
+        number=record.run,
+        requests=list(record.run_requests),
+        last=record.last_run,
+        refused=record.refused,
     )
-    candidates = []
-    for candidate in book.buckets_near(book.bucket_key(newcomer), relaxable):
-        if candidate.user_id == newcomer.user_id:
-            continue
-        if not _compatible(config, newcomer, candidate, now):
-            continue
-        scored = score_pair(newcomer.profile, candidate.profile, config.weights)
-        if scored.score >= config.min_score:
-            candidates.append((candidate, scored))
-    if len(candidates) < needed:
-        return None
-    ranked = _rank(candidates, chaos=config.chaos / 10.0, seed=newcomer.request_id)
-    chosen: list[tuple[RequestState, ScoredPair]] = []
-    for candidate, scored in ranked:
-        if all(
-            candidate.user_id != member.user_id and _compatible(config, candidate, member, now)
-            for member, _ in chosen
-        ):
-            chosen.append((candidate, scored))
-            if len(chosen) == needed:
-                return chosen
-    return None
-
-
-def _rank(
-    candidates: list[tuple[RequestState, ScoredPair]], *, chaos: float, seed: str
-) -> list[tuple[RequestState, ScoredPair]]:
-    """Best first. `chaos` in [0, 1] blends each score with a uniform draw.
-
-    The draw is seeded by the newcomer's request_id so that the same input over
-    the same state picks the same partners.
-    """
-    candidates.sort(key=lambda item: item[0].request_id)
-    draws = random.Random(seed)
-    keyed = [
-        ((1.0 - chaos) * scored.score + chaos * draws.random(), candidate, scored)
-        for candidate, scored in candidates
-    ]
-    keyed.sort(key=lambda item: (-item[0], -item[1].priority, item[1].queued_at))
-    return [(candidate, scored) for _, candidate, scored in keyed]
-
-
-def _form_match(
-    book: PoolBook,
-    newcomer: RequestState,
-    partners: list[tuple[RequestState, ScoredPair]],
-    now: float,
-) -> Effects:
-    members = sorted(
-        [newcomer, *(partner for partner, _ in partners)], key=lambda item: item.queued_at
-    )
-    for member in members:
-        book.remove_waiting(member.request_id)
-    match_id = _match_id(book.pool_id, [member.request_id for member in members])
-    if len(members) == 2:
-        score = partners[0][1].score
-        reasons = list(partners[0][1].reasons)
-    else:
-        pair_scores = [
-            score_pair(a.profile, b.profile, book.config.weights)
-            for index, a in enumerate(members)
-            for b in members[index + 1 :]
-        ]
-        score = group_score([pair.score for pair in pair_scores])
-        reasons = list(dict.fromkeys(reason for pair in pair_scores for reason in pair.reasons))
-    criteria = _agreed_criteria(book.config, members)
-    found = MatchFound(
-        match_id=match_id,
-        pool_id=book.pool_id,
-        mode=book.config.mode,
-        members=[MatchMember(user_id=m.user_id, request_id=m.request_id) for m in members],
-        score=score,
-        reasons=_criteria_reasons(book.config, criteria, len(members)) + reasons,
-        criteria=criteria,
-        created_at=utc_now_iso(now),
-    )
-    key = state_key("m", book.pool_id, match_id)
-    if not book.config.require_confirm:
-        match = MatchState(partition=book.partition, changed_at=now, found=found)
-        effects = Effects(writes=[(key, match)])
-        effects.writes.extend(_end(m, "matched", None, now, match_id=match_id) for m in members)
-        return effects
-    proposal = MatchState(
-        partition=book.partition,
-        changed_at=now,
-        found=found,
-        state="proposed",
-        deadline=now + book.config.confirm_timeout_s,
-    )
-    book.proposals[match_id] = proposal
-    effects = Effects(writes=[(key, proposal)])
-    for member in members:
-        proposed = member.model_copy(
-            update={"status": "proposed", "reason": None, "match_id": match_id, "changed_at": now}
-        )
-        book.proposed[member.request_id] = proposed
-        book.active_by_user[member.user_id] = member.request_id
-        effects.writes.append((state_key("r", book.pool_id, member.request_id), proposed))
-    return effects
 
 
 def _finish_proposal(
@@ -514,66 +526,10 @@ def _finish_proposal(
         request = book.proposed.pop(member.request_id)
         if book.active_by_user.get(request.user_id) == member.request_id:
             del book.active_by_user[request.user_id]
-        effects.writes.append(_end(request, "matched", None, now, match_id=match_id))
+        effects.writes.append(end_request(request, "matched", None, now, match_id=match_id))
     return effects
 
 
 def _cancelled(book: PoolBook, proposal: MatchState, now: float) -> tuple[str, MatchState]:
     cancelled = proposal.model_copy(update={"state": "cancelled", "changed_at": now})
     return state_key("m", book.pool_id, proposal.found.match_id), cancelled
-
-
-def _agreed_criteria(config: PoolConfig, members: list[RequestState]) -> dict[str, CriterionValue]:
-    """Each criterion all members share; None where a relaxed key differed."""
-    keys = dict.fromkeys(key for member in members for key in member.criteria)
-    agreed: dict[str, CriterionValue] = {}
-    for key in keys:
-        values = {member.criteria.get(key) for member in members} - {None}
-        agreed[key] = values.pop() if len(values) == 1 else None
-    return agreed
-
-
-def _criteria_reasons(
-    config: PoolConfig, criteria: dict[str, CriterionValue], size: int
-) -> list[str]:
-    if not config.match_on:
-        return []
-    shared = [str(criteria[key]) for key in config.match_on if criteria.get(key) is not None]
-    relaxed = [key for key in config.match_on if key in criteria and criteria[key] is None]
-    reasons = []
-    if shared:
-        reasons.append(f"{'both' if size == 2 else 'all'} chose {'/'.join(shared)}")
-    if relaxed:
-        reasons.append(f"relaxed after waiting: {', '.join(relaxed)}")
-    return reasons
-
-
-def _match_id(pool_id: str, request_ids: list[str]) -> str:
-    digest = hashlib.sha256("\x1f".join([pool_id, *sorted(request_ids)]).encode()).hexdigest()
-    return f"m-{digest[:20]}"
-
-
-def _end(
-    request: RequestState,
-    status: str,
-    reason: str | None,
-    now: float,
-    *,
-    match_id: str | None = None,
-) -> tuple[str, RequestState]:
-    ended = request.model_copy(
-        update={"status": status, "reason": reason, "match_id": match_id, "changed_at": now}
-    )
-    return state_key("r", request.pool_id, request.request_id), ended
-
-
-def _pool_record(book: PoolBook, now: float) -> tuple[str, PoolState]:
-    record = PoolState(
-        partition=book.partition,
-        changed_at=now,
-        pool_id=book.pool_id,
-        config=book.config,
-        paused=book.paused,
-        closed=book.closed,
-    )
-    return state_key("p", book.pool_id), record

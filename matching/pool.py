@@ -5,11 +5,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
+from matching.recommend_pool import RecommendLists
 from models.messages import CriterionValue, PoolConfig
-from models.state import MatchState, RequestState
+from models.state import BatchRunSummary, MatchState, RequestState, RunStatus
 
-__all__ = ["PoolBook", "same_criterion"]
+__all__ = ["PoolBook", "PoolWork", "RunProgress", "same_criterion"]
 
 BucketKey = tuple[object, ...]
 
@@ -22,6 +24,33 @@ def same_criterion(mine: CriterionValue, theirs: CriterionValue) -> bool:
 def _bucket_value(value: CriterionValue) -> object:
     # Keep booleans out of the buckets of the numbers Python considers equal to them.
     return ("bool", value) if isinstance(value, bool) else value
+
+
+@dataclass
+class PoolWork:
+    """How much matching work a pool cost this worker since it took the pool."""
+
+    considered: int = 0
+    """Waiting requests looked at as candidates (those in buckets that could agree)."""
+    scored: int = 0
+    """Candidates that passed the criteria and were scored."""
+
+
+@dataclass
+class RunProgress:
+    """A batch pool's `start_matching` runs, as `PoolState` records them."""
+
+    status: RunStatus = "pending"
+    started_at: float | None = None
+    completed_at: float | None = None
+    number: int = 0
+    requests: list[str] = field(default_factory=list)
+    """While running: the request_ids the run pairs."""
+    last: BatchRunSummary | None = None
+    refused: str | None = None
+    launched: bool = False
+    """Whether this worker handed the running run's job out (not stored: after a
+    recovery the run is computed again, with the same seed)."""
 
 
 class PoolBook:
@@ -45,10 +74,18 @@ class PoolBook:
         self.proposed: dict[str, RequestState] = {}
         """Requests in a proposal, by request_id: active, but not candidates."""
         self.active_by_user: dict[str, str] = {}
+        self.work = PoolWork()
+        self.lists: RecommendLists | None = None
+        """The top-K lists while the pool is in `recommend` mode."""
+        self.run = RunProgress()
         self.next_sweep_at = math.inf
         """When the next waiting request crosses a `relax_after_s` threshold."""
         self._buckets: dict[BucketKey, dict[str, RequestState]] = {}
         self._expiries: list[tuple[float, str]] = []
+
+    def buckets(self) -> dict[BucketKey, list[RequestState]]:
+        """Waiting requests grouped by their `match_on` values."""
+        return {key: list(bucket.values()) for key, bucket in self._buckets.items() if bucket}
 
     def bucket_key(self, request: RequestState) -> BucketKey:
         return tuple(_bucket_value(request.criteria.get(key)) for key in self.config.match_on)
@@ -63,6 +100,9 @@ class PoolBook:
         thresholds = [limit for limit in self.config.relax_after_s.values() if limit > 0]
         if thresholds:
             self.next_sweep_at = min(self.next_sweep_at, request.queued_at + min(thresholds))
+        if self.lists is not None:
+            # In recommend pools the waiting requests are the users the lists rank.
+            self.lists.join(request.user_id, request.profile, priority=request.priority)
 
     def pop_expired(self, now: float) -> list[RequestState]:
         """Remove and return the waiting requests whose TTL has passed."""
@@ -93,6 +133,8 @@ class PoolBook:
             return None
         if self.active_by_user.get(request.user_id) == request_id:
             del self.active_by_user[request.user_id]
+        if self.lists is not None:
+            self.lists.leave(request.user_id)
         key = self.bucket_key(request)
         bucket = self._buckets.get(key)
         if bucket is not None:

@@ -2,7 +2,10 @@
 
 The score is the weighted mean of the parts both profiles have, so a pool that only
 collects interests is not punished for the missing embeddings. Every part is
-symmetric, which makes the score symmetric.
+symmetric, which makes the score symmetric. The parts are `interests` (Jaccard),
+`attributes` (share of common keys with equal values), `embedding` (cosine mapped to
+[0, 1]) and the texts `facts` and `opinions` (TF-IDF cosine, `matching.text_similarity`).
+`matching.profile_vectors` computes the same scores for many users at once.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from matching.text_similarity import TfIdfModel, text_reason, text_similarity
 from models.messages import Profile
 
 __all__ = ["DEFAULT_WEIGHTS", "ScoredPair", "group_score", "score_pair"]
@@ -29,14 +33,21 @@ class ScoredPair:
 
 
 def score_pair(
-    left: Profile | None, right: Profile | None, weights: Mapping[str, float] = DEFAULT_WEIGHTS
+    left: Profile | None,
+    right: Profile | None,
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    *,
+    text_model: TfIdfModel | None = None,
 ) -> ScoredPair:
     """Score two profiles.
 
     Args:
         left: one user's profile, or None when they gave none.
         right: the other's.
-        weights: weight per part (`interests`, `embedding`, `attributes`); missing = 0.
+        weights: weight per part (`interests`, `embedding`, `attributes`, `facts`,
+            `opinions`); missing = 0.
+        text_model: document frequencies for the text parts; None weighs every term
+            alike (a term-frequency cosine).
 
     Returns:
         The weighted mean of the comparable parts (0.0 when no part is comparable).
@@ -52,7 +63,10 @@ def score_pair(
     for part, weight in weights.items():
         if weight <= 0:
             continue
-        result = _PARTS[part](left, right) if part in _PARTS else None
+        if part in _TEXT_PARTS:
+            result = _text(part, left, right, text_model)
+        else:
+            result = _PARTS[part](left, right) if part in _PARTS else None
         if result is None:
             continue
         value, reason = result
@@ -104,4 +118,14 @@ def _embedding(left: Profile, right: Profile) -> tuple[float, str | None] | None
     return (cosine + 1.0) / 2.0, reason
 
 
+def _text(
+    part: str, left: Profile, right: Profile, model: TfIdfModel | None
+) -> tuple[float, str | None] | None:
+    match = text_similarity(getattr(left, part), getattr(right, part), model)
+    if match is None:
+        return None
+    return match.score, text_reason(part, match.shared)
+
+
 _PARTS = {"interests": _interests, "attributes": _attributes, "embedding": _embedding}
+_TEXT_PARTS = frozenset({"facts", "opinions"})

@@ -20,12 +20,16 @@ __all__ = [
     "MatchConfirm",
     "MatchFound",
     "MatchMember",
+    "MatchRecommendations",
     "MatchRequest",
     "MatchStatus",
     "PoolCommand",
     "PoolConfig",
+    "PoolSummary",
     "Profile",
+    "ProfileChange",
     "ProfileUpdate",
+    "RecommendedUser",
     "Seat",
     "Status",
 ]
@@ -109,6 +113,20 @@ class ProfileUpdate(_Input):
     user_id: Identifier
     profile: Profile
     updated_at: datetime | None = None
+
+
+class ProfileChange(_Input):
+    """Internal topic `matchstream.profile-change`: a stored profile, sent to every partition.
+
+    The profiles agent writes one per accepted `profile-update`, with `updated_at`
+    resolved (the update's own, or when the agent accepted it), so every partition
+    applies the same value.
+    """
+
+    user_id: Identifier
+    profile: Profile
+    updated_at: float
+    """Seconds since the epoch; the newest wins."""
 
 
 class PoolConfig(_Input):
@@ -200,6 +218,58 @@ class MatchStatus(_Output):
     reason: str | None = None
     at: str
     about: Literal["cancel", "confirm"] | None = None
+
+
+class PoolSummary(_Output):
+    """`match.progress` and the HTTP summary: one pool's figures (CONTRACT section 1.8).
+
+    README.md ("Pool summaries") defines how each figure is measured.
+    """
+
+    pool_id: str
+    job_id: str
+    status: Literal["pending", "running", "completed", "failed", "paused"]
+    mode: str
+    started_at: str | None
+    completed_at: str | None
+    last_event_at: str | None
+    candidates_total: int
+    candidates_processed: int
+    vector_pass_total: int
+    vector_pass_done: int
+    ransac_checked: int
+    matches_found: int
+    matches_with_evidence: int
+    avg_score: float | None
+    p90_score: float | None
+    queue_depth: int
+    eta_seconds: float | None
+    blockers: list[str]
+    requests_total: int
+    waiting: int
+    expired: int
+    cancelled: int
+    wait_p50_s: float | None
+    wait_p90_s: float | None
+    at: str
+
+
+class RecommendedUser(_Output):
+    """One entry of a user's top-K list."""
+
+    user_id: str
+    score: float
+    reasons: list[str]
+
+
+class MatchRecommendations(_Output):
+    """`match.recommendations`: a user's current top-K list; `version` grows with every change."""
+
+    pool_id: str
+    user_id: str
+    version: int
+    top: list[RecommendedUser]
+    at: str
 
 
 class DlqRecord(_Output):

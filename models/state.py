@@ -1,9 +1,10 @@
 """Records kept in the `state` table and therefore in its changelog topic.
 
 One table holds every kind, so all changes caused by one input event land in one
-changelog partition, in order. The output relay turns request and match records
-into `match.status` and `match.found`, so an output exists only once the state
-change behind it is durable.
+changelog partition, in order. The output relay turns request, match and
+recommendation records into `match.status`, `match.found` and
+`match.recommendations`, so an output exists only once the state change behind it
+is durable.
 """
 
 from __future__ import annotations
@@ -13,17 +14,30 @@ from typing import Literal
 import orjson
 from pydantic import BaseModel, ConfigDict
 
-from models.messages import Criteria, MatchFound, MatchStatus, PoolConfig, Profile, Status
+from models.messages import (
+    Criteria,
+    MatchFound,
+    MatchRecommendations,
+    MatchStatus,
+    PoolConfig,
+    Profile,
+    Status,
+)
 
 __all__ = [
     "ACTIVE_STATUSES",
+    "BatchRunSummary",
     "InputMark",
     "MatchState",
     "PoolState",
+    "ProfileState",
+    "RecommendationState",
     "RequestState",
+    "RunStatus",
     "StateRecord",
     "decode_state",
     "mark_key",
+    "profile_key",
     "state_key",
 ]
 
@@ -31,9 +45,14 @@ ACTIVE_STATUSES: frozenset[str] = frozenset({"queued", "requeued", "proposed"})
 _SEPARATOR = "\x1f"  # identifiers cannot contain control characters, so keys never collide
 
 
-def state_key(kind: Literal["p", "r", "m"], pool_id: str, item_id: str = "") -> str:
-    """The table key of a pool (`p`), request (`r`) or match (`m`) record."""
+def state_key(kind: Literal["p", "r", "m", "k"], pool_id: str, item_id: str = "") -> str:
+    """The table key of a pool (`p`), request (`r`), match (`m`) or top-K list (`k`) record."""
     return f"{kind}{_SEPARATOR}{pool_id}{_SEPARATOR}{item_id}"
+
+
+def profile_key(partition: int, user_id: str) -> str:
+    """The table key of one partition's copy of a user's profile (see `ProfileState`)."""
+    return f"u{_SEPARATOR}{partition}{_SEPARATOR}{user_id}"
 
 
 def mark_key(topic: str, partition: int) -> str:
@@ -65,6 +84,8 @@ class RequestState(_Record):
     queued_at: float
     expires_at: float | None = None
     created_at: str | None = None
+    profile_only: bool = False
+    """The record only changed the profile: the relay emits no status for it."""
 
     @property
     def active(self) -> bool:
@@ -98,14 +119,44 @@ class MatchState(_Record):
         return self.state == "final"
 
 
+RunStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class BatchRunSummary(BaseModel):
+    """What the last `start_matching` run of a batch pool did."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attendees: int
+    pairs: int
+    """Groups formed: pairs, and the trio when the odd one out joined one."""
+    seated: int
+    unseated: int
+    total_score: float
+    method: Literal["exact", "approximate"]
+    seconds: float
+    """Time spent pairing and seating, off the event loop."""
+
+
 class PoolState(_Record):
-    """A pool's configuration and switches."""
+    """A pool's configuration and switches, and its batch runs' progress."""
 
     kind: Literal["pool"] = "pool"
     pool_id: str
     config: PoolConfig
     paused: bool = False
     closed: bool = False
+    status: RunStatus = "pending"
+    """Of the latest `start_matching` run (batch pools); `pending` before the first."""
+    started_at: float | None = None
+    completed_at: float | None = None
+    run: int = 0
+    """Runs started so far; a run's random draws are seeded by pool and run number."""
+    run_requests: list[str] = []
+    """While a run is in progress: the request_ids it pairs (those waiting when it started)."""
+    last_run: BatchRunSummary | None = None
+    refused: str | None = None
+    """Why the latest `start_matching` was refused (e.g. a run in progress); None after a start."""
 
 
 class InputMark(_Record):
@@ -121,12 +172,34 @@ class InputMark(_Record):
     offset: int
 
 
-StateRecord = RequestState | MatchState | PoolState | InputMark
+class RecommendationState(_Record):
+    """A user's current top-K list in a `recommend` pool; the relay emits it as is."""
+
+    kind: Literal["recommendations"] = "recommendations"
+    recommendations: MatchRecommendations
+
+
+class ProfileState(_Record):
+    """One partition's copy of a user's newest profile.
+
+    Every partition keeps one (a request without a profile takes it from there), so
+    a partition that moves to another worker brings the profiles its pools need.
+    """
+
+    kind: Literal["profile"] = "profile"
+    user_id: str
+    profile: Profile
+    updated_at: float
+
+
+StateRecord = RequestState | MatchState | PoolState | InputMark | RecommendationState | ProfileState
 _KINDS: dict[str, type[StateRecord]] = {
     "request": RequestState,
     "match": MatchState,
     "pool": PoolState,
     "mark": InputMark,
+    "recommendations": RecommendationState,
+    "profile": ProfileState,
 }
 
 

@@ -15,6 +15,8 @@ import faust
 from faust.types import TableT, TopicT
 
 from matching.engine import MatchEngine
+from streams.metrics import worker_metrics
+from streams.pool_watch import PoolWatch
 from streams.settings import Settings
 from streams.topics import TopicNames, replication_for
 
@@ -36,6 +38,7 @@ class Matchstream:
     tick: TopicT
     state: TableT
     engine: MatchEngine
+    watch: PoolWatch
 
 
 def _raw_topic(app: faust.App, *names: str, partitions: int) -> TopicT:
@@ -83,6 +86,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         # Faust's default of 60 s would stall every restart after a crash that long.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        # A standby keeps a table partition current, so taking it over after a worker
+        # leaves is a catch-up on the changelog's tail rather than a full recovery.
+        table_standby_replicas=settings.standby_replicas,
         processing_guarantee="at_least_once",
         web_port=settings.web_port,
         web_bind=settings.web_bind,
@@ -110,14 +116,17 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         tick=_raw_topic(app, names.tick, partitions=partitions),
         state=state,
         engine=MatchEngine(),
+        watch=PoolWatch(metrics=worker_metrics()),
     )
     # Imported here because agents register themselves on the app being built.
-    from agents import matcher, ticker
+    from agents import matcher, pool_progress, profiles, ticker
     from streams import relay
     from web import health, server
 
     matcher.register(stream)
+    profiles.register(stream)
     ticker.register(stream)
+    pool_progress.register(stream)
     relay.register(stream)
     if settings.database_url:
         from streams import pg_sink  # asyncpg is loaded only by workers that sink

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from streams.kafka_cli import add_kafka_parser
+from streams.runtime import tune_process
 from streams.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -61,9 +62,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from streams.bench import run_bench
+    code = 0
+    if args.scenario in ("all", "stream"):
+        from streams.bench import run_bench
 
-    return run_bench(_settings_with(args), requests=args.requests, pools=args.pools)
+        code = run_bench(_settings_with(args), requests=args.requests, pools=args.pools)
+    if code == 0 and args.scenario in ("all", "events"):
+        from streams.bench_events import run_events_bench
+
+        sizes = [int(size) for size in args.recommend_sizes.split(",") if size.strip()]
+        code = run_events_bench(recommend_sizes=sizes, batch_attendees=args.batch_attendees)
+    return code
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -110,6 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=20_000)
     bench.add_argument("--pools", type=int, default=200)
     bench.add_argument("--data-dir", dest="data_dir", type=Path)
+    bench.add_argument(
+        "--scenario",
+        choices=("all", "stream", "events"),
+        default="all",
+        help="stream: Kafka throughput and latency; events: recommend and batch pools in process",
+    )
+    bench.add_argument(
+        "--recommend-sizes",
+        default="1000,10000,50000",
+        help="attendees per recommend run, comma-separated",
+    )
+    bench.add_argument("--batch-attendees", type=int, default=1_000)
     bench.set_defaults(func=_cmd_bench)
 
     audit = commands.add_parser(
@@ -127,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `matchstream` console script."""
+    tune_process()  # before anything imports numpy
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = _parser().parse_args(argv)
     sys.exit(args.func(args))

@@ -1,4 +1,5 @@
-"""`matchstream demo`: a local broker, a worker and a generated workload, live."""
+"""`matchstream demo`: a local broker, a worker and a generated workload, live, then two
+networking events (`streams.demo_events`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from streams.demo_events import run_event_demos
 from streams.kafka_local import LocalKafka
 from streams.produce import produce_messages
 from streams.settings import Settings
@@ -43,7 +45,10 @@ def run_demo(settings: Settings, *, requests: int, pools: int, keep_running: boo
     try:
         asyncio.run(worker.wait_ready(timeout_s=120))
         print(f"worker ready (log: {log_path})")
+        # Printed before the workload so the pools can be watched filling and emptying.
+        print(f"dashboard: http://127.0.0.1:{settings.web_port}/", flush=True)
         asyncio.run(_feed_and_watch(settings, Workload(requests=requests, pools=pools)))
+        asyncio.run(run_event_demos(settings))
         _print_where_to_look(settings, log_path)
         if keep_running and worker.process is not None:
             print("worker keeps running; Ctrl-C stops it (the broker stays up)")
@@ -111,8 +116,13 @@ def _print_where_to_look(settings: Settings, log_path: Path) -> None:
     names = TopicNames.with_prefix(settings.topic_prefix)
     print(
         "\nwhere to look:\n"
+        f"  dashboard         http://127.0.0.1:{settings.web_port}/\n"
+        f"  pools (JSON)      http://127.0.0.1:{settings.web_port}/pools\n"
+        f"  API description   http://127.0.0.1:{settings.web_port}/openapi.json\n"
+        f"  metrics           http://127.0.0.1:{settings.web_port}/metrics\n"
         f"  worker log        {log_path}\n"
         f"  worker health     http://127.0.0.1:{settings.web_port}/readyz\n"
-        f"  output topics     {names.found}, {names.status}, {names.dlq} on {settings.broker_hosts[0]}\n"
+        f"  output topics     {names.found}, {names.status}, {names.recommendations}, "
+        f"{names.dlq} on {settings.broker_hosts[0]}\n"
         "  stop the broker   matchstream kafka stop"
     )

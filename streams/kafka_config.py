@@ -78,7 +78,9 @@ def broker_properties(
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         "log.dirs": str(log_dir),
         "num.partitions": "8",
-        "auto.create.topics.enable": "true",
+        # Topics are created on purpose, with their partition count; a typo or an
+        # early subscriber must fail loudly instead of creating one on defaults.
+        "auto.create.topics.enable": "false",
         "default.replication.factor": factor,
         "min.insync.replicas": min_isr,
         # The default of 50 partitions means 50 logs to create and load before the first

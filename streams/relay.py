@@ -1,12 +1,13 @@
-"""The output relay: state changelog -> `match.status` and `match.found`.
+"""The output relay: state changelog -> `match.status`, `match.found`, `match.recommendations`.
 
 Outputs are a projection of durable state. The matcher only writes the state
 table; this relay reads the table's changelog topic and emits one status event
-per request record and one `match.found` per final match record, committing its
-offsets only after the broker acknowledged what it sent. So after any crash an
-output exists if and only if the state change behind it is in the changelog;
-re-emits after a crash are identical messages that consumers de-duplicate by
-`match_id` and `(request_id, status)`.
+per request record (but those that only changed a profile), one `match.found` per
+final match record and one `match.recommendations` per top-K list record,
+committing its offsets only after the broker acknowledged what it sent. So after
+any crash an output exists if and only if the state change behind it is in the
+changelog; re-emits after a crash are identical messages that consumers
+de-duplicate by `match_id`, `(request_id, status)` and `(pool_id, user_id, version)`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import asyncio
 import logging
 from collections.abc import Iterator
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode import Service
 
 from models.codec import dumps, utc_now_iso
-from models.state import MatchState, RequestState, decode_state
+from models.state import MatchState, RecommendationState, RequestState, decode_state
 from streams.app import Matchstream
 from streams.topics import TopicNames
 
@@ -35,11 +37,14 @@ def outputs_for(raw_record: bytes | None, names: TopicNames) -> Iterator[tuple[s
     if raw_record is None:
         return
     record = decode_state(raw_record)
-    if isinstance(record, RequestState):
+    if isinstance(record, RequestState) and not record.profile_only:
         event = record.status_event(at=utc_now_iso(record.changed_at))
         yield names.status, record.pool_id.encode(), dumps(event)
     elif isinstance(record, MatchState) and record.final:
         yield names.found, record.found.pool_id.encode(), dumps(record.found)
+    elif isinstance(record, RecommendationState):
+        lists = record.recommendations
+        yield names.recommendations, lists.pool_id.encode(), dumps(lists)
 
 
 class OutputRelay(Service):
@@ -91,7 +96,25 @@ class OutputRelay(Service):
                         pending.append(await producer.send(topic, value=value, key=key))
             # Commit only what the broker has acknowledged: a crash re-emits, never drops.
             await asyncio.gather(*pending)
-            await consumer.commit()
+            await _commit(consumer, {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+
+
+async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+    """Commit what was relayed, unless a rebalance gave the partitions to another member.
+
+    A worker that joins or dies rebalances the relay's group, possibly while a batch
+    is in flight; the commit then fails. That must not stop the relay (and with it the
+    worker): the partitions' new owner re-reads from the last commit and re-emits
+    identical outputs, which consumers de-duplicate. Found by the crash drill.
+    """
+    owned = consumer.assignment()
+    mine = {tp: offset for tp, offset in offsets.items() if tp in owned}
+    if not mine:
+        return
+    try:
+        await consumer.commit(mine)
+    except (CommitFailedError, IllegalStateError) as exc:
+        log.warning("relay.commit_skipped reason=%r", str(exc).split("\n", 1)[0][:200])
 
 
 def register(stream: Matchstream) -> None:

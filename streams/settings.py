@@ -52,6 +52,13 @@ class Settings(BaseSettings):
         "included; `auto` or unset means one per broker, at most 3. min.insync.replicas "
         "follows: 2 from 3 copies on, else 1.",
     )
+    standby_replicas: int = Field(
+        1,
+        ge=0,
+        description="MATCHSTREAM_STANDBY_REPLICAS: other workers that keep each table partition "
+        "current from its changelog, ready to take it over (Faust's default, 1); 0 disables "
+        "standbys, so every move of a partition is a full recovery.",
+    )
     database_url: str | None = Field(
         None, description="MATCHSTREAM_DATABASE_URL: PostgreSQL DSN; enables the Postgres sink."
     )

@@ -19,6 +19,7 @@ __all__ = [
     "TopicNames",
     "ensure_topics",
     "replication_for",
+    "state_changelog",
     "wait_until_consumed",
 ]
 
@@ -83,6 +84,8 @@ class TopicNames:
     dlq: str
     tick: str
     """Internal: timer ticks, one per partition, so that expiry runs inside the stream."""
+    profile_changes: str
+    """Internal: accepted profile updates, sent to every partition (agents.profiles)."""
 
     @classmethod
     def with_prefix(cls, prefix: str = "") -> TopicNames:
@@ -97,12 +100,18 @@ class TopicNames:
             progress=f"{prefix}match.progress",
             dlq=f"{prefix}match.dlq",
             tick=f"{prefix}matchstream.tick",
+            profile_changes=f"{prefix}matchstream.profile-change",
         )
 
     @property
     def inputs(self) -> tuple[str, ...]:
         """Co-partitioned topics the matcher consumes."""
-        return (self.request, self.confirm, self.command, self.tick)
+        return (self.request, self.confirm, self.command, self.tick, self.profile_changes)
+
+
+def state_changelog(settings: Settings) -> str:
+    """The changelog topic Faust keeps for the `state` table (`<app_id>-state-changelog`)."""
+    return f"{settings.app_id}-state-changelog"
 
 
 async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
@@ -117,7 +126,10 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
         TopicLayoutError: a topic exists with a different partition count.
     """
     names = TopicNames.with_prefix(settings.topic_prefix)
-    wanted = [getattr(names, field.name) for field in fields(names)]
+    changelog = state_changelog(settings)
+    # The changelog too: the relay subscribes to it early, and a topic that springs
+    # into existence on a broker's defaults would not be co-partitioned.
+    wanted = [*(getattr(names, field.name) for field in fields(names)), changelog]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=",".join(settings.broker_hosts), request_timeout_ms=int(timeout_s * 1000)
     )
@@ -143,7 +155,10 @@ async def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> None:
                 name,
                 num_partitions=settings.topic_partitions,
                 replication_factor=replication.factor,
-                topic_configs={"min.insync.replicas": str(replication.min_insync)},
+                topic_configs={
+                    "min.insync.replicas": str(replication.min_insync),
+                    **({"cleanup.policy": "compact"} if name == changelog else {}),
+                },
             )
             for name in wanted
             if name not in present

@@ -191,7 +191,8 @@ def api_routes(backend: ApiBackend, *, open_mode: bool) -> list[Route]:
         return Reply(
             StartMatchingAccepted(
                 message=f"Matching process started for event {event_id}. Check logs for progress.",
-                event_id=int(event_id) if event_id.isdigit() else event_id,
+                # isdigit() alone accepts "²", which int() refuses (a 500).
+                event_id=int(event_id) if event_id.isascii() and event_id.isdigit() else event_id,
                 event_name=book.config.name or event_id,
             ),
             202,

@@ -10,6 +10,8 @@ nothing.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _KEEPALIVE_S = 10.0  # also how soon a vanished client is noticed
 _FETCH_WAIT_MS = 20  # bounds the added latency of an idle partition
+_EVENT_ID = re.compile(r"(?P<partition>[0-9]{1,6})-(?P<offset>[0-9]{1,18})")
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -50,12 +53,19 @@ class StatusStreams:
     """
 
     def __init__(
-        self, *, bootstrap: list[str], topic: str, partitions: int, max_streams: int = 500
+        self,
+        *,
+        bootstrap: list[str],
+        topic: str,
+        partitions: int,
+        max_streams: int = 500,
+        on_count: Callable[[int], None] = lambda count: None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
         self._max_streams = max_streams
+        self._on_count = on_count
         self.open_streams = 0
 
     def route(self) -> Route:
@@ -82,6 +92,7 @@ class StatusStreams:
                 503, "too many open streams on this worker", headers={"Retry-After": "5"}
             )
         self.open_streams += 1
+        self._on_count(self.open_streams)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._bootstrap,
             enable_auto_commit=False,
@@ -108,6 +119,7 @@ class StatusStreams:
             return web.Response(status=499)
         finally:
             self.open_streams -= 1
+            self._on_count(self.open_streams)
             await consumer.stop()
 
     async def _pump(
@@ -145,9 +157,11 @@ class StatusStreams:
         last = call.request.headers.get("Last-Event-ID") or call.query.get("last_event_id")
         if not last:
             return _Start(partition, None)
-        named_partition, _, offset = last.partition("-")
-        if not (named_partition.isdigit() and offset.isdigit()):
+        # ASCII digits, bounded: str.isdigit() accepts "²", which int() refuses, and int()
+        # refuses more than 4,300 digits; either would have answered 500.
+        named = _EVENT_ID.fullmatch(last)
+        if named is None:
             raise HttpError(422, "Last-Event-ID: expected <partition>-<offset>")
-        if int(named_partition) != partition:
+        if int(named["partition"]) != partition:
             raise HttpError(422, "Last-Event-ID: that event is not from this pool's stream")
-        return _Start(partition, int(offset) + 1)
+        return _Start(partition, int(named["offset"]) + 1)

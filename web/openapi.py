@@ -86,7 +86,7 @@ def _operation(route: Route, secured: bool) -> dict[str, Any]:
         )  # fmt: skip
     responses: dict[str, Any] = {str(route.status): _success(route)}
     codes = set(route.errors) | ({400, 413, 422} if route.body is not None else set())
-    if route.path_params:
+    if route.path_params or route.query:
         codes.add(422)
     if route.owner_key is not None:
         codes.add(503)

@@ -32,6 +32,7 @@ _WORKER_HEADER = "X-Matchstream-Worker"
 _MAX_BODY_BYTES = 1_000_000  # the same bound as a Kafka input message
 _PATH_VALUE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 _EXACT_FLOAT_INTS = 2**53  # beyond this a float is no exact integer, and orjson refuses it
+_MAX_BODY_DEPTH = 32  # the deepest body (a pool config) nests three levels
 _PUBLIC = Caller(user_id=None, admin=False)
 _FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=15)
 
@@ -296,14 +297,21 @@ async def _read_body(route: Route, request: web.Request) -> Any:
         raise _validation_error(error) from None
 
 
-def _integral_floats_as_ints(value: Any) -> Any:
-    """JSON Schema counts 3.0 as an integer; pydantic's strict mode does not."""
+def _integral_floats_as_ints(value: Any, depth: int = 0) -> Any:
+    """JSON Schema counts 3.0 as an integer; pydantic's strict mode does not.
+
+    Raises:
+        HttpError: 422 for nesting deeper than any body needs; the parser allows 1024
+            levels, more than Python's recursion limit, which would answer 500.
+    """
+    if depth > _MAX_BODY_DEPTH:
+        raise HttpError(422, f"body: nested deeper than {_MAX_BODY_DEPTH} levels")
     if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_FLOAT_INTS:
         return int(value)
     if isinstance(value, dict):
-        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+        return {key: _integral_floats_as_ints(item, depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_integral_floats_as_ints(item) for item in value]
+        return [_integral_floats_as_ints(item, depth + 1) for item in value]
     return value
 
 

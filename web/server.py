@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from importlib.metadata import version
 from typing import cast
 
@@ -10,12 +11,15 @@ import aiohttp
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 from yarl import URL
 
+from models.messages import PoolSummary
 from streams.app import Matchstream
 from web.api import ApiBackend, api_routes
 from web.auth import Authenticator
+from web.dashboard import Dashboard
 from web.live import StatusStreams, partition_of
 from web.openapi import openapi_route
 from web.routing import OwnerLocator, mount
+from web.summary import summary_routes
 
 __all__ = ["register"]
 
@@ -48,8 +52,36 @@ def register(stream: Matchstream) -> None:
         bootstrap=settings.broker_hosts,
         topic=stream.names.status,
         partitions=settings.topic_partitions,
+        on_count=stream.watch.metrics.live_streams.set,
     )
-    routes = [*api_routes(backend, open_mode=authenticator.open_mode), streams.route()]
+
+    dashboard = Dashboard(
+        bootstrap=settings.broker_hosts,
+        topic=stream.names.progress,
+        partitions=settings.topic_partitions,
+    )
+
+    def local_summary(pool_id: str) -> PoolSummary | None:
+        return stream.watch.summary(
+            pool_id, stream.engine, recovering=bool(app.in_recovery), now=time.time()
+        )
+
+    def peers() -> list[URL]:
+        own = str(app.conf.canonical_url)
+        return [URL(url) for url in app.router.table_metadata(stream.state.name) if url != own]
+
+    summaries = summary_routes(
+        local_summary=local_summary,
+        local_pools=lambda: sorted(set(stream.watch.ledgers) | set(stream.engine.pools)),
+        peers=peers,
+        client=lambda: cast(aiohttp.ClientSession, app.http_client),
+    )
+    routes = [
+        *api_routes(backend, open_mode=authenticator.open_mode),
+        *summaries,
+        streams.route(),
+        *dashboard.routes(),
+    ]
     routes.append(
         openapi_route(routes, version=version("matchstream"), secured=not authenticator.open_mode)
     )
@@ -72,6 +104,7 @@ def register(stream: Matchstream) -> None:
     )
     web = cast(AiohttpWeb, app.web)
     mount(web.web_app, routes, authenticator=authenticator, owners=owners)
+    dashboard.install(web.web_app)
 
     @app.task
     async def announce_auth_mode() -> None:

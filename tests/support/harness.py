@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -39,10 +39,11 @@ class Outputs:
     statuses: list[dict[str, object]] = field(default_factory=list)
     found: list[dict[str, object]] = field(default_factory=list)
     dlq: list[dict[str, object]] = field(default_factory=list)
+    recommendations: list[dict[str, Any]] = field(default_factory=list)
 
 
 class OutputReader:
-    """Reads `match.status`, `match.found` and `match.dlq` from the beginning."""
+    """Reads `match.status`, `match.found`, `match.dlq` and `match.recommendations` from the start."""
 
     def __init__(self, settings: Settings) -> None:
         self.names = TopicNames.with_prefix(settings.topic_prefix)
@@ -51,6 +52,7 @@ class OutputReader:
             self.names.status,
             self.names.found,
             self.names.dlq,
+            self.names.recommendations,
             bootstrap_servers=",".join(settings.broker_hosts),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
@@ -71,6 +73,7 @@ class OutputReader:
             self.names.status: self.outputs.statuses,
             self.names.found: self.outputs.found,
             self.names.dlq: self.outputs.dlq,
+            self.names.recommendations: self.outputs.recommendations,
         }
         for tp, messages in batches.items():
             targets[tp.topic].extend(orjson.loads(message.value) for message in messages)

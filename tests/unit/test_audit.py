@@ -100,3 +100,28 @@ def test_a_member_without_its_matched_status_is_a_violation() -> None:
 
     assert "member without matched status" in report.violations
     assert "VIOLATION member without matched status: 1" in report.render()
+
+
+def test_a_replayed_earlier_status_after_the_end_is_a_re_emit() -> None:
+    # The relay re-reads from its last commit after a rebalance: `queued` comes again
+    # after `matched`, identical to the first one, `at` included.
+    auditor = Auditor()
+    queued = {**_status("a", "queued"), "at": "2026-11-23T10:00:00.000Z"}
+    auditor.add_status(queued)
+    _matched_pair(auditor, "m-1", "a", "b")
+    auditor.add_status(queued)
+    auditor.add_status(_status("a", "matched", "m-1"))
+
+    report = auditor.report()
+
+    assert report.ok, report.render()
+    assert report.duplicate_outputs == 2
+
+
+def test_a_new_status_after_the_end_is_a_violation_even_if_seen_before() -> None:
+    auditor = Auditor()
+    auditor.add_status({**_status("a", "queued"), "at": "2026-11-23T10:00:00.000Z"})
+    auditor.add_status(_status("a", "expired"))
+    auditor.add_status({**_status("a", "queued"), "at": "2026-11-23T10:05:00.000Z"})
+
+    assert set(auditor.report().violations) == {"status after the end"}

@@ -100,7 +100,7 @@ def test_properties_suit_a_single_small_dev_node(tmp_path: Path) -> None:
 
     assert props["num.partitions"] == "8"
     assert props["offsets.topic.num.partitions"] == "8"
-    assert props["auto.create.topics.enable"] == "true"
+    assert props["auto.create.topics.enable"] == "false"  # topics are created on purpose
     assert props["group.initial.rebalance.delay.ms"] == "0"
     assert props["log.cleaner.enable"] == "true"
     assert "log.retention.hours" not in props

@@ -169,6 +169,22 @@ def test_reasons_follow_the_order_of_the_weights() -> None:
     assert reasons[2] == "same role: engineer"
 
 
+def test_texts_count_when_weighted_with_a_readable_reason() -> None:
+    left = Profile(interests=["go"], opinions=["Remote work is great"], facts=["I live in Berlin"])
+    right = Profile(interests=["go"], opinions=["I love remote work"], facts=["Berlin is home"])
+
+    plain = score_pair(left, right)
+    texts = score_pair(left, right, {"interests": 1.0, "facts": 1.0, "opinions": 1.0})
+
+    assert plain.score == 1.0 and plain.reasons == ["shared interests: go"]
+    assert 0.0 < texts.score < 1.0
+    assert texts.reasons == [
+        "shared interests: go",
+        "both mention berlin",
+        "similar opinions on remote work",
+    ]
+
+
 def test_group_score_is_the_mean_of_pair_scores() -> None:
     assert group_score([1.0, 0.5, 0.0]) == 0.5
     assert group_score([]) == 0.0

@@ -1,0 +1,141 @@
+"""A sparse feature of many users (interests, attribute keys, text terms) kept for dot products.
+
+Each user (a slot) has weighted terms; each term keeps the slots that hold it, so
+the dot products of a few users with everyone cost only the postings of their terms.
+A 0/1 feature with a small vocabulary (interests from a list, attribute keys) is also
+kept as a dense matrix: when popular terms are held by thousands of users, one
+matrix product is far cheaper than gathering their postings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from matching.arrays import Floats, Ints
+
+__all__ = ["SparseTerms"]
+
+_NO_TERMS: tuple[list[int], list[float]] = ([], [])
+_DENSE_TERMS = 256
+"""Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
+_Term = TypeVar("_Term", bound=Hashable)
+
+
+class SparseTerms:
+    """One sparse feature: each slot's weighted terms and, per term, the slots holding it.
+
+    Args:
+        binary: every weight is 1.0, so products are small integers that any
+            summation order gets exactly right (the dense path relies on it).
+    """
+
+    def __init__(self, *, binary: bool = False) -> None:
+        self._ids: dict[Hashable, int] = {}
+        self._slots: list[Ints] = []
+        self._weights: list[Floats] = []
+        self._fill: list[int] = []
+        self._position: list[dict[int, int]] = []
+        self.rows: dict[int, tuple[list[int], list[float]]] = {}
+        self.counts: Floats = np.zeros(0)
+        self._dense: npt.NDArray[np.float32] | None = (
+            np.zeros((0, 8), np.float32) if binary else None
+        )
+        """slot x term 0/1 matrix while the vocabulary is small; None once it is not."""
+
+    def reserve(self, capacity: int) -> None:
+        self.counts = np.concatenate([self.counts, np.zeros(capacity - len(self.counts))])
+        if self._dense is not None:
+            grow = capacity - len(self._dense)
+            extra = np.zeros((grow, self._dense.shape[1]), np.float32)
+            self._dense = np.concatenate([self._dense, extra])
+
+    def set(self, slot: int, vector: Mapping[_Term, float]) -> None:
+        self.clear(slot)
+        if not vector:
+            return
+        pairs = sorted((self._term_id(term), weight) for term, weight in vector.items())
+        for term, weight in pairs:
+            fill = self._fill[term]
+            if fill == len(self._slots[term]):
+                self._slots[term] = np.resize(self._slots[term], 2 * fill + 4)
+                self._weights[term] = np.resize(self._weights[term], 2 * fill + 4)
+            self._slots[term][fill] = slot
+            self._weights[term][fill] = weight
+            self._position[term][slot] = fill
+            self._fill[term] = fill + 1
+        self.rows[slot] = ([term for term, _ in pairs], [weight for _, weight in pairs])
+        self.counts[slot] = len(pairs)
+        if self._dense is not None and self._fits_dense():
+            self._dense[slot, self.rows[slot][0]] = 1.0
+
+    def clear(self, slot: int) -> None:
+        row = self.rows.pop(slot, None)
+        if row is None:
+            return
+        for term in row[0]:
+            at = self._position[term].pop(slot)
+            last = self._fill[term] - 1
+            if at != last:
+                moved = int(self._slots[term][last])
+                self._slots[term][at] = moved
+                self._weights[term][at] = self._weights[term][last]
+                self._position[term][moved] = at
+            self._fill[term] = last
+        self.counts[slot] = 0
+        if self._dense is not None:
+            self._dense[slot, row[0]] = 0.0
+
+    def dot(self, queries: Ints, width: int) -> Floats | None:
+        """Sparse dot products of each query slot with every slot; None if nobody has terms.
+
+        Each cell sums its terms in term-id order, whichever side asks, so the result
+        is exactly symmetric.
+        """
+        if not self.rows:
+            return None
+        if self._dense is not None:
+            products = self._dense[queries] @ self._dense[:width].T
+            return products.astype(np.float64)
+        cells: list[Ints] = []
+        values: list[Floats] = []
+        for row, slot in enumerate(queries.tolist()):
+            terms, weights = self.rows.get(slot, _NO_TERMS)
+            for term, weight in zip(terms, weights, strict=True):
+                fill = self._fill[term]
+                cells.append(self._slots[term][:fill] + row * width)
+                values.append(self._weights[term][:fill] * weight)
+        size = len(queries) * width
+        if not cells:
+            return np.zeros((len(queries), width))
+        summed: Floats = np.bincount(
+            np.concatenate(cells), np.concatenate(values), minlength=size
+        ).astype(np.float64, copy=False)
+        return summed.reshape(len(queries), width)
+
+    def _fits_dense(self) -> bool:
+        """Make room for every term id in the dense matrix, or give it up for good."""
+        assert self._dense is not None
+        terms = len(self._fill)
+        if terms > _DENSE_TERMS:
+            self._dense = None
+            return False
+        columns = self._dense.shape[1]
+        if terms > columns:
+            wider = min(_DENSE_TERMS, max(terms, 2 * columns))
+            extra = np.zeros((len(self._dense), wider - columns), np.float32)
+            self._dense = np.concatenate([self._dense, extra], axis=1)
+        return True
+
+    def _term_id(self, term: Hashable) -> int:
+        found = self._ids.get(term)
+        if found is None:
+            found = self._ids[term] = len(self._fill)
+            self._slots.append(np.zeros(4, np.int64))
+            self._weights.append(np.zeros(4))
+            self._fill.append(0)
+            self._position.append({})
+        return found

@@ -1,0 +1,85 @@
+"""Prometheus metrics of a worker, named by Prometheus conventions.
+
+Per-pool labels are capped: the first `POOL_LABEL_LIMIT` pools a worker sees keep
+their own label, later ones share `pool="_other"`, so a pool-per-user workload
+cannot grow the series count without bound.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = ["POOL_LABEL_LIMIT", "WorkerMetrics", "worker_metrics"]
+
+POOL_LABEL_LIMIT = 100
+_OTHER = "_other"
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600)
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_SCORE_BUCKETS = tuple(round(0.1 * step, 1) for step in range(1, 11))
+
+
+@cache
+def worker_metrics() -> WorkerMetrics:
+    """The process's metrics: the default registry accepts each name once."""
+    return WorkerMetrics()
+
+
+class WorkerMetrics:
+    """Every metric a worker exports; use `worker_metrics()` for the process's instance."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "matchstream_requests_total",
+            "Request status changes applied, by pool and resulting status.",
+            ["pool", "outcome"],
+        )
+        self.matches = Counter(
+            "matchstream_matches_total", "Final matches, by pool and mode.", ["pool", "mode"]
+        )
+        self.dlq = Counter(
+            "matchstream_dlq_records_total", "Input messages sent to the DLQ.", ["topic"]
+        )
+        self.inputs = Counter(
+            "matchstream_inputs_total", "Input messages applied, by topic.", ["topic"]
+        )
+        self.redelivered = Counter(
+            "matchstream_redelivered_total",
+            "Input messages Kafka delivered again and the worker skipped.",
+            ["topic"],
+        )
+        self.wait = Histogram(
+            "matchstream_wait_seconds",
+            "How long a matched request waited in its pool.",
+            ["pool"],
+            buckets=_WAIT_BUCKETS,
+        )
+        self.latency = Histogram(
+            "matchstream_match_latency_seconds",
+            "From the input message's timestamp to the match decision.",
+            ["pool"],
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.score = Histogram(
+            "matchstream_match_score", "Score of final matches.", ["pool"], buckets=_SCORE_BUCKETS
+        )
+        self.waiting = Gauge(
+            "matchstream_waiting_requests", "Active requests per pool on this worker.", ["pool"]
+        )
+        self.lag = Gauge(
+            "matchstream_consumer_lag_messages",
+            "Input messages not yet applied, per assigned partition.",
+            ["topic", "partition"],
+        )
+        self.live_streams = Gauge("matchstream_live_streams", "Open live status streams.")
+        self._pool_labels: set[str] = set()
+
+    def pool_label(self, pool_id: str) -> str:
+        """The pool's own label while under the cap, else the shared one."""
+        if pool_id in self._pool_labels:
+            return pool_id
+        if len(self._pool_labels) < POOL_LABEL_LIMIT:
+            self._pool_labels.add(pool_id)
+            return pool_id
+        return _OTHER

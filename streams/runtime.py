@@ -1,0 +1,26 @@
+"""Process settings that every `matchstream` command wants before it loads anything heavy."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+__all__ = ["tune_process"]
+
+_YOUNG_COLLECTION_EVERY = 20_000
+"""Allocations between collections of the youngest generation (Python's default: 700)."""
+
+
+def tune_process() -> None:
+    """Set BLAS threads and garbage-collector thresholds for a matching worker.
+
+    Call it before numpy is imported: OpenBLAS reads `OPENBLAS_NUM_THREADS` once.
+    An operator's own `OPENBLAS_NUM_THREADS` wins.
+    """
+    # The engine's matrix products share the cores with Kafka clients and the event
+    # loop; a second BLAS thread made recommend joins much slower under load.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # A worker keeps every active request, profile and top-K list in memory. With the
+    # default thresholds the collector walked that growing heap again and again: half
+    # the CPU time of a 20,000-attendee recommend pool (18.0 s -> 12.9 s measured).
+    gc.set_threshold(_YOUNG_COLLECTION_EVERY, 20, 100)

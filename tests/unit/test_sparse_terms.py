@@ -1,0 +1,36 @@
+"""`matching.sparse_terms.SparseTerms`: the dense and the postings path agree."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from matching import sparse_terms
+from matching.sparse_terms import SparseTerms
+
+
+def _filled(binary: bool, rows: list[list[str]]) -> SparseTerms:
+    feature = SparseTerms(binary=binary)
+    feature.reserve(len(rows))
+    for slot, terms in enumerate(rows):
+        feature.set(slot, dict.fromkeys(terms, 1.0))
+    return feature
+
+
+def test_dense_and_postings_give_the_same_counts_through_growth_and_clears(monkeypatch) -> None:
+    monkeypatch.setattr(sparse_terms, "_DENSE_TERMS", 12)
+    rng = np.random.default_rng(4)
+    vocabulary = [f"t{number}" for number in range(10)]
+    rows = [list(rng.choice(vocabulary, 3, replace=False)) for _ in range(30)]
+    dense, postings = _filled(True, rows), _filled(False, rows)
+    dense.clear(3)
+    postings.clear(3)
+    queries = np.arange(30, dtype=np.int64)
+
+    assert dense._dense is not None
+    assert np.array_equal(dense.dot(queries, 30), postings.dot(queries, 30))
+
+    # Past the limit the dense matrix is given up and the postings answer.
+    for feature in (dense, postings):
+        feature.set(5, {f"new-{number}": 1.0 for number in range(5)})
+    assert dense._dense is None
+    assert np.array_equal(dense.dot(queries, 30), postings.dot(queries, 30))
