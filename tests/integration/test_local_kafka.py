@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.kafka_local import LocalKafka, free_port
 from streams.settings import get_settings
@@ -40,6 +41,14 @@ def _accepts(port: int) -> bool:
 
 
 async def _produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
+    # The broker creates no topic on first use: a typo must fail, not appear.
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await asyncio.wait_for(admin.start(), CLIENT_TIMEOUT_S)
+    try:
+        if topic not in await admin.list_topics():
+            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await asyncio.wait_for(producer.start(), CLIENT_TIMEOUT_S)
     try:
