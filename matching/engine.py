@@ -78,6 +78,9 @@ class MatchEngine:
         requests: list[RequestState] = []
         profiles: list[ProfileState] = []
         lists: dict[str, dict[str, MatchRecommendations]] = {}
+        # A crash can land part of one input's writes: a match, but not every member's
+        # record. The match is the decision; members are reconciled to it below.
+        taken: dict[tuple[str, str], MatchState] = {}
         for record in records:
             if isinstance(record, PoolState):
                 book = self._book(record.pool_id, record.partition)
@@ -86,25 +89,37 @@ class MatchEngine:
                 book.run = _run_of(record)
             elif isinstance(record, RequestState):
                 requests.append(record)
-            elif isinstance(record, MatchState) and record.state == "proposed":
-                book = self._book(record.found.pool_id, record.partition)
-                book.proposals[record.found.match_id] = record
+            elif isinstance(record, MatchState) and record.state != "cancelled":
+                if record.state == "proposed":
+                    book = self._book(record.found.pool_id, record.partition)
+                    book.proposals[record.found.match_id] = record
+                for member in record.found.members:
+                    taken[(record.found.pool_id, member.request_id)] = record
             elif isinstance(record, RecommendationState):
                 stored = record.recommendations
                 lists.setdefault(stored.pool_id, {})[stored.user_id] = stored
             elif isinstance(record, ProfileState):
                 profiles.append(record)
         self.profiles.load(profiles)
+        seen: set[tuple[str, str]] = set()
         for request in sorted(requests, key=lambda item: item.queued_at):
             book = self._book(request.pool_id, request.partition)
             book.known_requests.add(request.request_id)
+            seen.add((request.pool_id, request.request_id))
             if request.profile_only:
                 request = request.model_copy(update={"profile_only": False})
+            match = taken.get((request.pool_id, request.request_id))
+            if match is not None and request.active and request.match_id != match.found.match_id:
+                request = _settled(request, match)
+                book.repairs.append(request)
             if request.status == "proposed":
                 book.proposed[request.request_id] = request
                 book.active_by_user[request.user_id] = request.request_id
             elif request.active:
                 book.add_waiting(request)
+        for (pool_id, request_id), match in taken.items():
+            if (pool_id, request_id) not in seen:
+                self._book(pool_id, match.partition).unrecorded[request_id] = match
         for book in self.pools.values():
             if book.config.mode == "recommend":
                 book.lists = RecommendLists.rebuild(
@@ -131,6 +146,16 @@ class MatchEngine:
         if message.request_id in book.known_requests:
             return effects
         request = self._new_request(book, message, now)
+        match = book.unrecorded.pop(message.request_id, None)
+        if match is not None:
+            # Redelivered after a crash that stored its match but not its own record.
+            settled = _settled(request, match)
+            book.known_requests.add(settled.request_id)
+            if settled.status == "proposed":
+                book.proposed[settled.request_id] = settled
+                book.active_by_user[settled.user_id] = settled.request_id
+            effects.writes.append((state_key("r", book.pool_id, settled.request_id), settled))
+            return effects
         if book.closed:
             effects.extend(self._refuse(book, request, "pool_closed", now))
             return effects
@@ -242,6 +267,11 @@ class MatchEngine:
         apply queued list changes, hand out batch runs recovered mid-way."""
         effects = Effects()
         for book in self._pools_by_partition.get(partition, []):
+            if book.repairs:
+                effects.writes.extend(
+                    (state_key("r", book.pool_id, r.request_id), r) for r in book.repairs
+                )
+                book.repairs.clear()
             effects.extend(_expire_due(book, now))
             for proposal in list(book.proposals.values()):
                 if proposal.deadline is not None and proposal.deadline <= now:
@@ -533,3 +563,16 @@ def _finish_proposal(
 def _cancelled(book: PoolBook, proposal: MatchState, now: float) -> tuple[str, MatchState]:
     cancelled = proposal.model_copy(update={"state": "cancelled", "changed_at": now})
     return state_key("m", book.pool_id, proposal.found.match_id), cancelled
+
+
+def _settled(request: RequestState, match: MatchState) -> RequestState:
+    """`request` as the stored `match` says it is: proposed in it, or matched by it."""
+    return request.model_copy(
+        update={
+            "status": "matched" if match.final else "proposed",
+            "match_id": match.found.match_id,
+            "reason": None,
+            "expires_at": None if match.final else request.expires_at,
+            "changed_at": match.changed_at,
+        }
+    )

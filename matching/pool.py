@@ -71,6 +71,10 @@ class PoolBook:
         self.waiting: dict[str, RequestState] = {}
         self.proposals: dict[str, MatchState] = {}
         """Matches waiting for their members' confirmations, by match_id."""
+        self.repairs: list[RequestState] = []
+        """Request records to rewrite to agree with a stored match (after a partial write)."""
+        self.unrecorded: dict[str, MatchState] = {}
+        """Members of stored matches whose own record never landed, by request_id."""
         self.proposed: dict[str, RequestState] = {}
         """Requests in a proposal, by request_id: active, but not candidates."""
         self.active_by_user: dict[str, str] = {}
