@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from faust.types import TP, EventT, StreamT
+from faust.types import EventT, StreamT
 
 from agents.batch_runs import BatchRuns
-from agents.input_offsets import AppliedOffsets
 from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
-from models.state import InputMark, decode_state
+from models.state import InputMark, decode_state, mark_key
 from streams.app import Matchstream
 from streams.dlq import dlq_record
 
@@ -70,7 +69,7 @@ def register(stream: Matchstream) -> None:
         stream.names.profile_changes: _on_profile,
     }
 
-    applied = AppliedOffsets()
+    applied = _AppliedOffsets()
 
     @stream.state.on_recover
     async def rebuild_engine() -> None:
@@ -119,20 +118,30 @@ def register(stream: Matchstream) -> None:
         progress.log_since_last(stream.engine)
 
 
+class _AppliedOffsets:
+    """The last applied offset per input topic partition, mirrored from `InputMark`s."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[tuple[str, int], int] = {}
+
+    def load(self, marks: Iterable[InputMark]) -> None:
+        self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
+
+    def already(self, topic: str, partition: int, offset: int) -> bool:
+        return offset <= self._offsets.get((topic, partition), -1)
+
+    def mark(self, topic: str, partition: int, offset: int) -> tuple[str, InputMark]:
+        self._offsets[(topic, partition)] = offset
+        record = InputMark(partition=partition, changed_at=time.time(), topic=topic, offset=offset)
+        return mark_key(topic, partition), record
+
+
 class _Progress:
     """Counters for the operator's periodic progress line."""
 
     def __init__(self) -> None:
         self.inputs = self.ticks = self.writes = self.rejected = self.redelivered = 0
         self._logged = (0, 0, 0, 0, 0)
-        self._gaps_logged: set[tuple[TP, int]] = set()
-
-    def note_gap(self, tp: TP, missing: int) -> bool:
-        """True the first time a gap is seen, so each gap is logged once."""
-        if (tp, missing) in self._gaps_logged:
-            return False
-        self._gaps_logged.add((tp, missing))
-        return True
 
     def log_since_last(self, engine: MatchEngine) -> None:
         now = (self.inputs, self.ticks, self.writes, self.rejected, self.redelivered)
@@ -160,7 +169,7 @@ async def _process(
     handlers: dict[str, Handler],
     event: EventT,
     progress: _Progress,
-    applied: AppliedOffsets,
+    applied: _AppliedOffsets,
     runs: BatchRuns,
 ) -> None:
     message = event.message
@@ -172,21 +181,6 @@ async def _process(
     elif applied.already(message.topic, message.partition, message.offset):
         progress.redelivered += 1
         stream.watch.metrics.redelivered.labels(message.topic).inc()
-        return
-    elif (
-        missing := applied.missing_before(message.topic, message.partition, message.offset)
-    ) is not None:
-        # Kafka skipped unapplied input (see agents.input_offsets): fetch it again. This
-        # message comes back after those; every skipped one seeks again until they do.
-        if progress.note_gap(message.tp, missing):
-            log.warning(
-                "input gap topic=%s partition=%d next=%d delivered=%d; seeking back",
-                message.topic,
-                message.partition,
-                missing,
-                message.offset,
-            )
-        await stream.app.consumer.seek(message.tp, missing)
         return
     else:
         progress.inputs += 1
