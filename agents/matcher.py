@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from faust.types import EventT, StreamT
 
 from agents.batch_runs import BatchRuns
+from agents.input_order import AppliedOffsets, InputOrder
 from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
-from models.state import InputMark, decode_state, mark_key
+from models.state import InputMark, decode_state
 from streams.app import Matchstream
 from streams.dlq import dlq_record
 
@@ -69,7 +70,16 @@ def register(stream: Matchstream) -> None:
         stream.names.profile_changes: _on_profile,
     }
 
-    applied = _AppliedOffsets()
+    input_topics = (
+        stream.names.request,
+        stream.names.confirm,
+        stream.names.command,
+        stream.names.profile_changes,
+    )
+    applied = AppliedOffsets()
+    # Installed now: Faust's fetcher binds the consumer's methods when it starts.
+    order = InputOrder(consumer=stream.app.consumer, topics=input_topics, applied=applied)
+    order.install()
 
     @stream.state.on_recover
     async def rebuild_engine() -> None:
@@ -78,6 +88,7 @@ def register(stream: Matchstream) -> None:
         started = time.monotonic()
         records = [decode_state(value) for value in stream.state.values()]
         applied.load(record for record in records if isinstance(record, InputMark))
+        order.reset()
         stream.engine.load(record for record in records if not isinstance(record, InputMark))
         stream.watch.reload(records)
         waiting = sum(len(book.waiting) for book in stream.engine.pools.values())
@@ -94,12 +105,7 @@ def register(stream: Matchstream) -> None:
         app=stream.app,
         group_id=stream.settings.app_id,
         bootstrap_servers=",".join(stream.settings.broker_hosts),
-        input_topics=(
-            stream.names.request,
-            stream.names.confirm,
-            stream.names.command,
-            stream.names.profile_changes,
-        ),
+        input_topics=input_topics,
         stall_after_s=_STALL_AFTER_S,
     )
 
@@ -116,24 +122,6 @@ def register(stream: Matchstream) -> None:
     @stream.app.timer(_PROGRESS_LOG_INTERVAL_S, name="matcher_progress")
     async def log_progress() -> None:
         progress.log_since_last(stream.engine)
-
-
-class _AppliedOffsets:
-    """The last applied offset per input topic partition, mirrored from `InputMark`s."""
-
-    def __init__(self) -> None:
-        self._offsets: dict[tuple[str, int], int] = {}
-
-    def load(self, marks: Iterable[InputMark]) -> None:
-        self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
-
-    def already(self, topic: str, partition: int, offset: int) -> bool:
-        return offset <= self._offsets.get((topic, partition), -1)
-
-    def mark(self, topic: str, partition: int, offset: int) -> tuple[str, InputMark]:
-        self._offsets[(topic, partition)] = offset
-        record = InputMark(partition=partition, changed_at=time.time(), topic=topic, offset=offset)
-        return mark_key(topic, partition), record
 
 
 class _Progress:
@@ -169,7 +157,7 @@ async def _process(
     handlers: dict[str, Handler],
     event: EventT,
     progress: _Progress,
-    applied: _AppliedOffsets,
+    applied: AppliedOffsets,
     runs: BatchRuns,
 ) -> None:
     message = event.message

@@ -1,0 +1,110 @@
+"""InputOrder: Faust's delivery loop gets each input partition in offset order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass
+
+from faust.types import TP
+
+from agents.input_order import AppliedOffsets, InputOrder
+from models.state import InputMark
+
+REQUESTS = TP("match.request", 0)
+TICKS = TP("matchstream.tick", 0)
+
+
+@dataclass
+class _Message:
+    offset: int
+
+
+class _FakeConsumer:
+    """The slice of Faust's consumer InputOrder uses: batches, seeks, read offsets."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[TP, int]]] = []
+        self.seeks: list[dict[TP, int]] = []
+        self.flow_resumed = 0
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+
+    async def getmany(self, timeout: float):
+        for tp, offset in self.batches.pop(0):
+            yield tp, _Message(offset)
+
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.append(dict(partitions))
+
+    def resume_flow(self) -> None:
+        self.flow_resumed += 1
+
+
+def _guard(last_applied: int | None = None) -> tuple[_FakeConsumer, InputOrder, AppliedOffsets]:
+    consumer = _FakeConsumer()
+    applied = AppliedOffsets()
+    if last_applied is not None:
+        applied.load(
+            [InputMark(partition=0, changed_at=0.0, topic=REQUESTS.topic, offset=last_applied)]
+        )
+    order = InputOrder(consumer=consumer, topics=[REQUESTS.topic], applied=applied)  # type: ignore[arg-type]
+    order.install()
+    return consumer, order, applied
+
+
+def _delivered(consumer: _FakeConsumer, batch: list[tuple[TP, int]]) -> list[tuple[TP, int]]:
+    consumer.batches.append(batch)
+
+    async def drain() -> list[tuple[TP, int]]:
+        return [(tp, message.offset) async for tp, message in consumer.getmany(timeout=1.0)]
+
+    return asyncio.run(drain())
+
+
+def test_in_order_input_and_redeliveries_pass():
+    consumer, _, _ = _guard(last_applied=9)
+    batch = [(REQUESTS, 8), (REQUESTS, 9), (REQUESTS, 10), (REQUESTS, 11)]
+    assert _delivered(consumer, batch) == batch
+    assert consumer.seeks == []
+
+
+def test_input_fetched_past_the_next_offset_is_held_back_and_sought():
+    consumer, order, _ = _guard(last_applied=9)
+    assert _delivered(consumer, [(REQUESTS, 40), (REQUESTS, 41), (TICKS, 7)]) == [(TICKS, 7)]
+    assert consumer.seeks == [{REQUESTS: 10}]
+    assert consumer._read_offset[REQUESTS] == 10
+    assert order.held_back == 2
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [(REQUESTS, 10), (REQUESTS, 11)]
+
+
+def test_a_gap_that_every_seek_finds_again_is_accepted():
+    consumer, _, _ = _guard(last_applied=9)
+    for _ in range(3):
+        assert _delivered(consumer, [(REQUESTS, 15)]) == []
+    assert _delivered(consumer, [(REQUESTS, 15), (REQUESTS, 16)]) == [(REQUESTS, 15), (REQUESTS, 16)]
+    assert consumer.seeks == [{REQUESTS: 10}] * 3
+
+
+def test_read_offset_ahead_of_the_fetch_is_lowered():
+    consumer, _, _ = _guard(last_applied=9)
+    consumer._read_offset[REQUESTS] = 500
+    assert _delivered(consumer, [(REQUESTS, 10)]) == [(REQUESTS, 10)]
+    assert consumer._read_offset[REQUESTS] == 10
+
+
+def test_partition_without_mark_takes_whatever_comes_first():
+    consumer, _, _ = _guard()
+    assert _delivered(consumer, [(REQUESTS, 70)]) == [(REQUESTS, 70)]
+    assert _delivered(consumer, [(REQUESTS, 90)]) == []
+    assert consumer.seeks == [{REQUESTS: 71}]
+
+
+def test_resuming_the_flow_expects_the_marks_again():
+    consumer, _, applied = _guard(last_applied=9)
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [(REQUESTS, 10), (REQUESTS, 11)]
+    # A rebalance: nothing after offset 9 was applied, Faust seeks and resumes.
+    consumer.resume_flow()
+    assert consumer.flow_resumed == 1
+    assert _delivered(consumer, [(REQUESTS, 12)]) == []
+    assert consumer.seeks == [{REQUESTS: 10}]
+    assert applied.next_offset(REQUESTS.topic, 0) == 10
