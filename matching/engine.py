@@ -389,7 +389,9 @@ class MatchEngine:
             if proposal.answers.get(member.request_id):
                 effects.extend(self._requeue(book, member.request_id, "confirmation_timeout", now))
             else:
-                request = book.proposed.pop(member.request_id)
+                request = _withdraw(book, member.request_id)
+                if request is None:
+                    continue
                 if book.active_by_user.get(request.user_id) == member.request_id:
                     del book.active_by_user[request.user_id]
                 effects.writes.append(
@@ -401,7 +403,9 @@ class MatchEngine:
 
     def _requeue(self, book: PoolBook, request_id: str, reason: str, now: float) -> Effects:
         """Back to waiting with the original wait time, so ahead of newer requests."""
-        request = book.proposed.pop(request_id)
+        request = _withdraw(book, request_id)
+        if request is None:
+            return Effects()
         lifetime = None if request.expires_at is None else request.expires_at - request.queued_at
         expires_at = request.expires_at
         if expires_at is not None and lifetime is not None and expires_at <= now:
@@ -489,7 +493,9 @@ class MatchEngine:
             del book.proposals[proposal.found.match_id]
             effects.writes.append(_cancelled(book, proposal, now))
             for member in proposal.found.members:
-                request = book.proposed.pop(member.request_id)
+                request = _withdraw(book, member.request_id)
+                if request is None:
+                    continue
                 book.active_by_user.pop(request.user_id, None)
                 effects.writes.append(
                     end_request(request, status, reason, now, match_id=request.match_id)
@@ -553,11 +559,28 @@ def _finish_proposal(
     )
     effects = Effects(writes=[(state_key("m", book.pool_id, match_id), final)])
     for member in proposal.found.members:
-        request = book.proposed.pop(member.request_id)
+        if member.request_id in book.unrecorded:
+            # Its own record is still to come (redelivered): it is settled as matched then.
+            book.unrecorded[member.request_id] = final
+            continue
+        request = book.proposed.pop(member.request_id, None)
+        if request is None:
+            continue
         if book.active_by_user.get(request.user_id) == member.request_id:
             del book.active_by_user[request.user_id]
         effects.writes.append(end_request(request, "matched", None, now, match_id=match_id))
     return effects
+
+
+def _withdraw(book: PoolBook, request_id: str) -> RequestState | None:
+    """Take a member out of a proposal that ends without a match.
+
+    None when the member is not waiting on it: a crash stored the proposal but not
+    the member's own record (its input is redelivered and must now be placed
+    afresh), or ended the member without ending the proposal.
+    """
+    book.unrecorded.pop(request_id, None)
+    return book.proposed.pop(request_id, None)
 
 
 def _cancelled(book: PoolBook, proposal: MatchState, now: float) -> tuple[str, MatchState]:
