@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.types import TP, AppT
 
 __all__ = ["StallGuard"]
@@ -47,7 +48,17 @@ class StallGuard:
         self._processed[tp] = offset
 
     async def check(self) -> None:
-        """Revive every assigned input partition that has a backlog and no progress."""
+        """Revive every assigned input partition that has a backlog and no progress.
+
+        Broker errors skip one round: an exception escaping a Faust timer stops the
+        whole worker, and a broker being restarted is no reason for that.
+        """
+        try:
+            await self._check()
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.warning("stall check skipped error=%r", exc)
+
+    async def _check(self) -> None:
         consumer = self._app.consumer
         partitions = [tp for tp in consumer.assignment() if tp.topic in self._topics]
         if not partitions or self._app.rebalancing or self._app.in_recovery:

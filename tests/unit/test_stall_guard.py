@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 from faust.types import TP
 
 from agents import stall_guard
@@ -87,3 +88,25 @@ async def test_nothing_is_touched_while_rebalancing(monkeypatch: pytest.MonkeyPa
     await guard.check()
 
     assert app.consumer.seeks == [] and app.consumer.resumed == []
+
+
+async def test_a_broker_outage_skips_a_round_instead_of_stopping_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = FakeApp()
+    guard = StallGuard(
+        app=app,  # type: ignore[arg-type]
+        group_id="g",
+        bootstrap_servers="unused",
+        input_topics=["in"],
+        stall_after_s=0,
+    )
+
+    async def broker_gone() -> dict[Any, int]:
+        raise KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
+
+    monkeypatch.setattr(guard, "_committed", broker_gone)
+
+    await guard.check()  # must not raise: a Faust timer that raises stops the worker
+
+    assert app.consumer.seeks == []
