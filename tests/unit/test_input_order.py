@@ -74,14 +74,20 @@ def test_input_fetched_past_the_next_offset_is_held_back_and_sought():
     assert consumer.seeks == [{REQUESTS: 10}]
     assert consumer._read_offset[REQUESTS] == 10
     assert order.held_back == 2
-    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [(REQUESTS, 10), (REQUESTS, 11)]
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [
+        (REQUESTS, 10),
+        (REQUESTS, 11),
+    ]
 
 
 def test_a_gap_that_every_seek_finds_again_is_accepted():
     consumer, _, _ = _guard(last_applied=9)
     for _ in range(3):
         assert _delivered(consumer, [(REQUESTS, 15)]) == []
-    assert _delivered(consumer, [(REQUESTS, 15), (REQUESTS, 16)]) == [(REQUESTS, 15), (REQUESTS, 16)]
+    assert _delivered(consumer, [(REQUESTS, 15), (REQUESTS, 16)]) == [
+        (REQUESTS, 15),
+        (REQUESTS, 16),
+    ]
     assert consumer.seeks == [{REQUESTS: 10}] * 3
 
 
@@ -101,7 +107,10 @@ def test_partition_without_mark_takes_whatever_comes_first():
 
 def test_resuming_the_flow_expects_the_marks_again():
     consumer, _, applied = _guard(last_applied=9)
-    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [(REQUESTS, 10), (REQUESTS, 11)]
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [
+        (REQUESTS, 10),
+        (REQUESTS, 11),
+    ]
     # A rebalance: nothing after offset 9 was applied, Faust seeks and resumes.
     consumer.resume_flow()
     assert consumer.flow_resumed == 1
