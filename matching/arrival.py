@@ -3,11 +3,17 @@
 A newcomer is compared with the waiting requests whose `match_on` buckets can agree
 with theirs; the best-scoring compatible ones (blended with chance by `chaos`) become
 its partners, and the match is final at once or, with `require_confirm`, a proposal.
+
+When many requests wait, `PoolBook.partners` (`matching.partner_index`) scores them
+all at once and ranks exactly only the few that can come first; `scan_partners`, the
+Python loop over every candidate, remains for small pools and for the values the
+index declines, and defines the answer the index must give.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 
 from matching.pool import PoolBook, same_criterion
 from matching.records import (
@@ -22,7 +28,17 @@ from models.codec import utc_now_iso
 from models.messages import MatchFound, MatchMember, PoolConfig
 from models.state import MatchState, RequestState, state_key
 
-__all__ = ["compatible", "find_partners", "form_match", "rank_candidates"]
+__all__ = [
+    "SCAN_BELOW",
+    "compatible",
+    "find_partners",
+    "form_match",
+    "rank_candidates",
+    "scan_partners",
+]
+
+SCAN_BELOW = 16
+"""Candidates below which the Python loop beats the vectorised search."""
 
 
 def compatible(config: PoolConfig, left: RequestState, right: RequestState, now: float) -> bool:
@@ -44,6 +60,51 @@ def compatible(config: PoolConfig, left: RequestState, right: RequestState, now:
 def find_partners(
     book: PoolBook, newcomer: RequestState, now: float
 ) -> list[tuple[RequestState, ScoredPair]] | None:
+    """The newcomer's partners, best first, or None when not enough of them agree.
+
+    Args:
+        book: the pool; the newcomer is not among its waiting requests.
+        newcomer: the request looking for partners.
+        now: decides who has waited long enough to relax a `match_on` key.
+
+    Returns:
+        `members_per_match - 1` waiting requests, each with its `score_pair` with
+        the newcomer, as `scan_partners` picks them.
+    """
+    search = None
+    if book.partners is not None:
+        search = book.partners.search(newcomer, now, at_least=SCAN_BELOW)
+    if search is None:
+        return scan_partners(book, newcomer, now)
+    chosen = _pick(book.config, search.ranked(), now)
+    book.work.considered += search.considered
+    book.work.scored += search.scored
+    if chosen is None:
+        return None
+    return [(candidate, search.scored_pair(candidate, score)) for candidate, score in chosen]
+
+
+def _pick(
+    config: PoolConfig, ranked: Iterable[tuple[RequestState, float]], now: float
+) -> list[tuple[RequestState, float]] | None:
+    """Greedily the first candidates that agree with each other (as `scan_partners` does)."""
+    needed = config.members_per_match - 1
+    chosen: list[tuple[RequestState, float]] = []
+    for candidate, score in ranked:
+        if all(
+            candidate.user_id != member.user_id and compatible(config, candidate, member, now)
+            for member, _ in chosen
+        ):
+            chosen.append((candidate, score))
+            if len(chosen) == needed:
+                return chosen
+    return None
+
+
+def scan_partners(
+    book: PoolBook, newcomer: RequestState, now: float
+) -> list[tuple[RequestState, ScoredPair]] | None:
+    """`find_partners` by a Python loop over every candidate: the reference answer."""
     config = book.config
     needed = config.members_per_match - 1
     relaxable = frozenset(

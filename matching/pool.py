@@ -7,23 +7,20 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from matching.partner_index import (
+    INDEX_FROM,
+    BucketKey,
+    PartnerIndex,
+    bucket_key,
+    same_criterion,
+)
 from matching.recommend_pool import RecommendLists
-from models.messages import CriterionValue, PoolConfig
+from models.messages import PoolConfig
 from models.state import BatchRunSummary, MatchState, RequestState, RunStatus
 
 __all__ = ["PoolBook", "PoolWork", "RunProgress", "same_criterion"]
 
-BucketKey = tuple[object, ...]
-
-
-def same_criterion(mine: CriterionValue, theirs: CriterionValue) -> bool:
-    """JSON equality: `true` is not `1`, though Python says so; `1` and `1.0` agree."""
-    return isinstance(mine, bool) == isinstance(theirs, bool) and mine == theirs
-
-
-def _bucket_value(value: CriterionValue) -> object:
-    # Keep booleans out of the buckets of the numbers Python considers equal to them.
-    return ("bool", value) if isinstance(value, bool) else value
+_INDEXED_MODES = frozenset({"pair", "group"})
 
 
 @dataclass
@@ -31,9 +28,11 @@ class PoolWork:
     """How much matching work a pool cost this worker since it took the pool."""
 
     considered: int = 0
-    """Waiting requests looked at as candidates (those in buckets that could agree)."""
+    """Waiting requests looked at as candidates: those in buckets that could agree (by a
+    Python loop), or that can agree now (by `PartnerIndex`, which skips the buckets
+    whose differing keys the newcomer has not waited long enough to relax)."""
     scored: int = 0
-    """Candidates that passed the criteria and were scored."""
+    """Candidates that passed the criteria and were scored (one by one, or vectorised)."""
 
 
 @dataclass
@@ -84,6 +83,8 @@ class PoolBook:
         self.run = RunProgress()
         self.next_sweep_at = math.inf
         """When the next waiting request crosses a `relax_after_s` threshold."""
+        self.partners: PartnerIndex | None = None
+        """Vectorised partner search, kept while a `pair`/`group` pool has many waiting."""
         self._buckets: dict[BucketKey, dict[str, RequestState]] = {}
         self._expiries: list[tuple[float, str]] = []
 
@@ -92,13 +93,17 @@ class PoolBook:
         return {key: list(bucket.values()) for key, bucket in self._buckets.items() if bucket}
 
     def bucket_key(self, request: RequestState) -> BucketKey:
-        return tuple(_bucket_value(request.criteria.get(key)) for key in self.config.match_on)
+        return bucket_key(self.config, request)
 
     def add_waiting(self, request: RequestState) -> None:
         self.known_requests.add(request.request_id)
         self.waiting[request.request_id] = request
         self.active_by_user[request.user_id] = request.request_id
         self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
+        if self.partners is not None:
+            self.partners.add(request)
+        elif len(self.waiting) >= INDEX_FROM:
+            self._index_partners()
         if request.expires_at is not None:
             heapq.heappush(self._expiries, (request.expires_at, request.request_id))
         thresholds = [limit for limit in self.config.relax_after_s.values() if limit > 0]
@@ -139,6 +144,10 @@ class PoolBook:
             del self.active_by_user[request.user_id]
         if self.lists is not None:
             self.lists.leave(request.user_id)
+        if self.partners is not None:
+            self.partners.remove(request_id)
+            if len(self.waiting) < INDEX_FROM // 2:
+                self.partners = None  # hysteresis: a pool hovering at the limit keeps it
         key = self.bucket_key(request)
         bucket = self._buckets.get(key)
         if bucket is not None:
@@ -154,6 +163,16 @@ class PoolBook:
         self._buckets.clear()
         for request in waiting:
             self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
+        self.partners = None
+        if len(waiting) >= INDEX_FROM:
+            self._index_partners()
+
+    def _index_partners(self) -> None:
+        if self.config.mode not in _INDEXED_MODES:
+            return
+        self.partners = PartnerIndex(config=self.config)
+        for request in self.waiting.values():
+            self.partners.add(request)
 
     def buckets_near(self, key: BucketKey, relaxable: frozenset[int]) -> Iterator[RequestState]:
         """Waiting requests whose bucket can agree with `key`.
