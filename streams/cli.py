@@ -72,6 +72,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
         sizes = [int(size) for size in args.recommend_sizes.split(",") if size.strip()]
         code = run_events_bench(recommend_sizes=sizes, batch_attendees=args.batch_attendees)
+    if code == 0 and args.scenario in ("all", "partner"):
+        from streams.bench_partner import run_partner_bench
+
+        code = run_partner_bench(waiting=args.partner_waiting)
     return code
 
 
@@ -121,9 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", dest="data_dir", type=Path)
     bench.add_argument(
         "--scenario",
-        choices=("all", "stream", "events"),
+        choices=("all", "stream", "events", "partner"),
         default="all",
-        help="stream: Kafka throughput and latency; events: recommend and batch pools in process",
+        help=(
+            "stream: Kafka throughput and latency; events: recommend and batch pools in "
+            "process; partner: partner search among many waiting requests, in process"
+        ),
     )
     bench.add_argument(
         "--recommend-sizes",
@@ -131,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
         help="attendees per recommend run, comma-separated",
     )
     bench.add_argument("--batch-attendees", type=int, default=1_000)
+    bench.add_argument(
+        "--partner-waiting",
+        dest="partner_waiting",
+        type=int,
+        default=100_000,
+        help="waiting requests in the partner-search pool",
+    )
     bench.set_defaults(func=_cmd_bench)
 
     audit = commands.add_parser(
