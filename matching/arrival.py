@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
+from typing import TypeVar
 
 from matching.pool import PoolBook, same_criterion
 from matching.records import (
@@ -36,6 +37,8 @@ __all__ = [
     "rank_candidates",
     "scan_partners",
 ]
+
+_Score = TypeVar("_Score", float, ScoredPair)
 
 SCAN_BELOW = 16
 """Candidates below which the Python loop beats the vectorised search."""
@@ -85,11 +88,11 @@ def find_partners(
 
 
 def _pick(
-    config: PoolConfig, ranked: Iterable[tuple[RequestState, float]], now: float
-) -> list[tuple[RequestState, float]] | None:
-    """Greedily the first candidates that agree with each other (as `scan_partners` does)."""
+    config: PoolConfig, ranked: Iterable[tuple[RequestState, _Score]], now: float
+) -> list[tuple[RequestState, _Score]] | None:
+    """Greedily the first candidates, best first, that agree with each other."""
     needed = config.members_per_match - 1
-    chosen: list[tuple[RequestState, float]] = []
+    chosen: list[tuple[RequestState, _Score]] = []
     for candidate, score in ranked:
         if all(
             candidate.user_id != member.user_id and compatible(config, candidate, member, now)
@@ -124,16 +127,7 @@ def scan_partners(
     if len(candidates) < needed:
         return None
     ranked = rank_candidates(candidates, chaos=config.chaos / 10.0, seed=newcomer.request_id)
-    chosen: list[tuple[RequestState, ScoredPair]] = []
-    for candidate, scored in ranked:
-        if all(
-            candidate.user_id != member.user_id and compatible(config, candidate, member, now)
-            for member, _ in chosen
-        ):
-            chosen.append((candidate, scored))
-            if len(chosen) == needed:
-                return chosen
-    return None
+    return _pick(config, ranked, now)
 
 
 def rank_candidates(
