@@ -108,10 +108,11 @@ class MatchEngine:
             seen.add((request.pool_id, request.request_id))
             if request.profile_only:
                 request = request.model_copy(update={"profile_only": False})
-            match = taken.get((request.pool_id, request.request_id))
-            if match is not None and request.active and request.match_id != match.found.match_id:
-                request = _settled(request, match)
-                book.repairs.append(request)
+            if request.active:
+                repaired = _reconciled(request, taken.get((request.pool_id, request.request_id)))
+                if repaired is not request:
+                    request = repaired
+                    book.repairs.append(request)
             if request.status == "proposed":
                 book.proposed[request.request_id] = request
                 book.active_by_user[request.user_id] = request.request_id
@@ -371,7 +372,10 @@ class MatchEngine:
         if book.active_by_user.get(request.user_id) == request_id:
             del book.active_by_user[request.user_id]
         assert request.match_id is not None
-        proposal = book.proposals.pop(request.match_id)
+        proposal = book.proposals.pop(request.match_id, None)
+        if proposal is None:
+            # Reconciled at load, so only a bug gets here; end the request all the same.
+            return Effects(writes=[end_request(request, status, reason, now)])
         effects = Effects(writes=[_cancelled(book, proposal, now)])
         effects.writes.append(
             end_request(request, status, reason, now, match_id=proposal.found.match_id)
@@ -586,6 +590,25 @@ def _withdraw(book: PoolBook, request_id: str) -> RequestState | None:
 def _cancelled(book: PoolBook, proposal: MatchState, now: float) -> tuple[str, MatchState]:
     cancelled = proposal.model_copy(update={"state": "cancelled", "changed_at": now})
     return state_key("m", book.pool_id, proposal.found.match_id), cancelled
+
+
+def _reconciled(request: RequestState, match: MatchState | None) -> RequestState:
+    """An active request as the stored matches say it is (`request` itself if it agrees).
+
+    A crash can store some writes of one input and not others: a match without
+    its members' records, or a member proposed in a match whose record never
+    landed or was cancelled without the member's requeue.
+    """
+    if match is not None:
+        settled = _settled(request, match)
+        if (settled.status, settled.match_id) == (request.status, request.match_id):
+            return request
+        return settled
+    if request.status == "proposed":
+        return request.model_copy(
+            update={"status": "requeued", "reason": "proposal_cancelled", "match_id": None}
+        )
+    return request
 
 
 def _settled(request: RequestState, match: MatchState) -> RequestState:

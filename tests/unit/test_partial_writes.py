@@ -90,3 +90,34 @@ def test_a_proposal_accepted_before_its_unrecorded_member_comes_back() -> None:
     redelivered = engine.handle_request(_ask("r-b", "b"), partition=0, now=11.0)
     (record,) = [r for _, r in redelivered.writes if isinstance(r, RequestState)]
     assert (record.request_id, record.status, record.match_id) == ("r-b", "matched", match_id)
+
+
+def test_members_of_a_proposal_that_never_landed_wait_again() -> None:
+    table, proposal = _proposal_stored_without("nobody")
+    del table[next(key for key, r in table.items() if isinstance(r, MatchState))]
+    engine = MatchEngine()
+    engine.load(table.values())
+    book = engine.pools["p"]
+    assert sorted(book.waiting) == ["r-a", "r-b"] and not book.proposed
+
+    repaired = engine.tick(partition=0, now=10.0)
+    assert sorted(
+        (r.request_id, r.status, r.match_id)
+        for _, r in repaired.writes
+        if isinstance(r, RequestState)
+    ) == [("r-a", "requeued", None), ("r-b", "requeued", None)]
+    # A's next request supersedes the old one instead of crashing on the missing proposal.
+    superseding = engine.handle_request(_ask("r-a2", "a"), partition=0, now=11.0)
+    assert ("r-a", "superseded") in {
+        (r.request_id, r.status) for _, r in superseding.writes if isinstance(r, RequestState)
+    }
+    assert proposal.found.match_id not in book.proposals
+
+
+def test_members_of_a_cancelled_proposal_whose_requeue_was_lost_wait_again() -> None:
+    table, proposal = _proposal_stored_without("nobody")
+    key = next(key for key, r in table.items() if isinstance(r, MatchState))
+    table[key] = proposal.model_copy(update={"state": "cancelled"})
+    engine = MatchEngine()
+    engine.load(table.values())
+    assert sorted(engine.pools["p"].waiting) == ["r-a", "r-b"]
