@@ -76,6 +76,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from streams.bench_partner import run_partner_bench
 
         code = run_partner_bench(waiting=args.partner_waiting)
+    if code == 0 and args.scenario in ("all", "recovery"):
+        from streams.bench_recovery import run_recovery_bench
+
+        code = run_recovery_bench(
+            _settings_with(args),
+            waiting=args.recovery_waiting,
+            embedding_dims=args.recovery_embedding_dims,
+        )
     return code
 
 
@@ -125,11 +133,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", dest="data_dir", type=Path)
     bench.add_argument(
         "--scenario",
-        choices=("all", "stream", "events", "partner"),
+        choices=("all", "stream", "events", "partner", "recovery"),
         default="all",
         help=(
             "stream: Kafka throughput and latency; events: recommend and batch pools in "
-            "process; partner: partner search among many waiting requests, in process"
+            "process; partner: partner search among many waiting requests, in process; "
+            "recovery: a worker restarted with many requests waiting"
         ),
     )
     bench.add_argument(
@@ -144,6 +153,20 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         default=100_000,
         help="waiting requests in the partner-search pool",
+    )
+    bench.add_argument(
+        "--recovery-waiting",
+        dest="recovery_waiting",
+        type=int,
+        default=1_000_000,
+        help="waiting requests the restarted worker recovers",
+    )
+    bench.add_argument(
+        "--recovery-embedding-dims",
+        dest="recovery_embedding_dims",
+        type=int,
+        default=0,
+        help="embedding size of each waiting request's profile in the recovery scenario",
     )
     bench.set_defaults(func=_cmd_bench)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.bench import run_bench
+from streams.bench_recovery import run_recovery_bench
 from streams.settings import get_settings
 
 pytestmark = pytest.mark.integration
@@ -58,4 +59,31 @@ def test_bench_prints_relay_matcher_and_latency(
     assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
     assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
     # The run's broker, worker and files are gone with its temporary directory.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_recovery_bench_times_a_cold_and_a_warm_restart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = get_settings().model_copy(update={"data_dir": tmp_path})
+    code = run_recovery_bench(settings, waiting=3_000, pools=10, embedding_dims=8)
+
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert output.startswith("Machine: ")
+    rows = {
+        cells[0]: cells[1:]
+        for line in output.splitlines()
+        if line.startswith("| ") and not line.startswith("| phase")
+        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+    }
+    baseline = _numbers(rows["bare read of the changelog (baseline)"][0])[0]
+    cold = rows["cold recovery (empty data directory)"]
+    warm = rows["warm restart (RocksDB kept)"]
+    assert baseline > 0
+    for phase in (cold, warm):
+        back, rebuild, ratio, rss, peak = (_numbers(cell)[0] for cell in phase)
+        assert 0 < rebuild < back
+        assert ratio > 0
+        assert 0 < rss <= peak
     assert list(tmp_path.iterdir()) == []
