@@ -9,10 +9,9 @@ is durable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.messages import (
     Criteria,
@@ -193,17 +192,31 @@ class ProfileState(_Record):
 
 
 StateRecord = RequestState | MatchState | PoolState | InputMark | RecommendationState | ProfileState
-_KINDS: dict[str, type[StateRecord]] = {
-    "request": RequestState,
-    "match": MatchState,
-    "pool": PoolState,
-    "mark": InputMark,
-    "recommendations": RecommendationState,
-    "profile": ProfileState,
-}
+_ANY_RECORD: TypeAdapter[StateRecord] = TypeAdapter(
+    Annotated[StateRecord, Field(discriminator="kind")]
+)
+_EVERY_FIELD: dict[type[BaseModel], set[str]] = {}
 
 
 def decode_state(raw: bytes) -> StateRecord:
-    """Decode a table value written by `models.codec.dumps`."""
-    data = orjson.loads(raw)
-    return _KINDS[data["kind"]].model_validate(data)
+    """Decode a table value written by `models.codec.dumps`.
+
+    A worker holds every waiting request decoded, so their size is its memory
+    (docs/performance.md, "Recovery and memory"). Parsed straight from JSON,
+    repeated short strings (pool ids, statuses, criteria values, interests) are one
+    object each; and a record that carries every field shares one field set per
+    model instead of keeping its own.
+    """
+    record = _ANY_RECORD.validate_json(raw)
+    _share_field_set(record)
+    if isinstance(record, RequestState) and record.profile is not None:
+        _share_field_set(record.profile)
+    return record
+
+
+def _share_field_set(model: BaseModel) -> None:
+    # Pydantic only adds names to a model's field set (on assignment; `model_copy`
+    # copies it first), and this one holds every name already, so no model sees a change.
+    every = _EVERY_FIELD.setdefault(type(model), set(type(model).model_fields))
+    if model.__pydantic_fields_set__ == every:
+        object.__setattr__(model, "__pydantic_fields_set__", every)
