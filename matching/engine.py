@@ -104,6 +104,7 @@ class MatchEngine:
         seen: set[tuple[str, str]] = set()
         for request in sorted(requests, key=lambda item: item.queued_at):
             book = self._book(request.pool_id, request.partition)
+            book.index_deferred = True
             book.known_requests.add(request.request_id)
             seen.add((request.pool_id, request.request_id))
             if request.profile_only:
@@ -122,6 +123,7 @@ class MatchEngine:
             if (pool_id, request_id) not in seen:
                 self._book(pool_id, match.partition).unrecorded[request_id] = match
         for book in self.pools.values():
+            book.index_now()
             if book.config.mode == "recommend":
                 book.lists = RecommendLists.rebuild(
                     pool_id=book.pool_id,

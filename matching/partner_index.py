@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,6 +106,35 @@ class _Bucket:
         self.unsafe += not safe
         return slot
 
+    def put_many(self, requests: Sequence[RequestState]) -> list[int]:
+        """`put` for many requests: the arrays grow once and each feature fills in one pass."""
+        slots = []
+        for _ in requests:
+            if self.free:
+                slots.append(self.free.pop())
+            else:
+                slots.append(len(self.requests))
+                self.requests.append(None)
+        capacity = len(self.alive)
+        while capacity < len(self.requests):
+            capacity *= 2
+        if capacity > len(self.alive):
+            self._grow(capacity)
+        longest = max(len(request.request_id) for request in requests)
+        if longest > self.ids.dtype.itemsize // 4:
+            self.ids = self.ids.astype(f"U{2 * longest}")
+        self.vectors.set_many(slots, [_scored_profile(request) for request in requests])
+        for slot, request in zip(slots, requests, strict=True):
+            self.requests[slot] = request
+        at = np.array(slots, np.int64)
+        self.queued_at[at] = [request.queued_at for request in requests]
+        self.priority[at] = [request.priority for request in requests]
+        self.ids[at] = [request.request_id for request in requests]
+        self.alive[at] = True
+        self.size += len(requests)
+        self.unsafe += sum(not _safe(request) for request in requests)
+        return slots
+
     def take(self, slot: int) -> None:
         request = self.requests[slot]
         assert request is not None
@@ -169,16 +198,37 @@ class PartnerIndex:
     def add(self, request: RequestState) -> None:
         self.remove(request.request_id)
         key = bucket_key(self.config, request)
+        bucket = self._bucket(key, request)
+        self._located[request.request_id] = (bucket, bucket.put(request))
+        self._by_user.setdefault(request.user_id, set()).add(request.request_id)
+
+    def add_many(self, requests: Iterable[RequestState]) -> None:
+        """`add` for many requests with distinct ids, bucket by bucket (a pool indexed whole).
+
+        At recovery this is most of rebuilding a large pool: one pass per bucket and
+        feature instead of one per request (docs/performance.md, "Recovery and memory").
+        """
+        grouped: dict[BucketKey, list[RequestState]] = {}
+        for request in requests:
+            self.remove(request.request_id)
+            grouped.setdefault(bucket_key(self.config, request), []).append(request)
+        for key, members in grouped.items():
+            bucket = self._bucket(key, members[0])
+            for request, slot in zip(members, bucket.put_many(members), strict=True):
+                self._located[request.request_id] = (bucket, slot)
+                self._by_user.setdefault(request.user_id, set()).add(request.request_id)
+
+    def _bucket(self, key: BucketKey, member: RequestState) -> _Bucket:
+        """The bucket of `key`, made for `member` if it does not exist yet."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            values = tuple(request.criteria.get(name) for name in self.config.match_on)
+            values = tuple(member.criteria.get(name) for name in self.config.match_on)
             vectors = ProfileVectors(self.config.weights, TfIdfModel())
             vectors.reserve(1)
             bucket = self._buckets[key] = _Bucket(values=values, vectors=vectors)
             for position, value in enumerate(key):
                 self._by_value[position].setdefault(value, set()).add(key)
-        self._located[request.request_id] = (bucket, bucket.put(request))
-        self._by_user.setdefault(request.user_id, set()).add(request.request_id)
+        return bucket
 
     def remove(self, request_id: str) -> None:
         located = self._located.pop(request_id, None)

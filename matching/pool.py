@@ -85,6 +85,8 @@ class PoolBook:
         """When the next waiting request crosses a `relax_after_s` threshold."""
         self.partners: PartnerIndex | None = None
         """Vectorised partner search, kept while a `pair`/`group` pool has many waiting."""
+        self.index_deferred = False
+        """While a recovery adds every waiting request; `index_now` then indexes them at once."""
         self._buckets: dict[BucketKey, dict[str, RequestState]] = {}
         self._expiries: list[tuple[float, str]] = []
 
@@ -102,7 +104,7 @@ class PoolBook:
         self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
         if self.partners is not None:
             self.partners.add(request)
-        elif len(self.waiting) >= INDEX_FROM:
+        elif len(self.waiting) >= INDEX_FROM and not self.index_deferred:
             self._index_partners()
         if request.expires_at is not None:
             heapq.heappush(self._expiries, (request.expires_at, request.request_id))
@@ -167,12 +169,17 @@ class PoolBook:
         if len(waiting) >= INDEX_FROM:
             self._index_partners()
 
+    def index_now(self) -> None:
+        """End `index_deferred`: index the pool in one pass if it is large enough."""
+        self.index_deferred = False
+        if self.partners is None and len(self.waiting) >= INDEX_FROM:
+            self._index_partners()
+
     def _index_partners(self) -> None:
         if self.config.mode not in _INDEXED_MODES:
             return
         self.partners = PartnerIndex(config=self.config)
-        for request in self.waiting.values():
-            self.partners.add(request)
+        self.partners.add_many(self.waiting.values())
 
     def buckets_near(self, key: BucketKey, relaxable: frozenset[int]) -> Iterator[RequestState]:
         """Waiting requests whose bucket can agree with `key`.

@@ -131,7 +131,6 @@ class ProfileVectors:
         self.profiles: list[Profile | None] = []
         self.sparse = {name: SparseTerms(binary=True) for name in ("interests", "keys", "values")}
         self.sparse.update((part, SparseTerms()) for part in TEXT_PARTS)
-        self.interests: dict[int, frozenset[str]] = {}
         self.texts: dict[str, dict[int, dict[str, float]]] = {part: {} for part in TEXT_PARTS}
         self.embeddings = EmbeddingStore()
 
@@ -154,9 +153,7 @@ class ProfileVectors:
         if profile is None:
             return
         if "interests" in self.weights:
-            interests = {item.strip().lower() for item in profile.interests if item.strip()}
-            self.interests[slot] = frozenset(interests)
-            self.sparse["interests"].set(slot, dict.fromkeys(interests, 1.0))
+            self.sparse["interests"].set(slot, dict.fromkeys(_interests(profile), 1.0))
         if "attributes" in self.weights:
             # Tuples hash and compare like their values, so `1 == 1.0 == True` as in score_pair.
             self.sparse["keys"].set(slot, dict.fromkeys(profile.attributes, 1.0))
@@ -169,11 +166,34 @@ class ProfileVectors:
                 self.sparse[part].set(slot, vector)
                 self.texts[part][slot] = vector
 
+    def set_many(self, slots: Sequence[int], profiles: Sequence[Profile | None]) -> None:
+        """`set` for many slots, each feature filled in one pass (a pool indexed whole)."""
+        for slot, profile in zip(slots, profiles, strict=True):
+            self.clear(slot)
+            self.profiles[slot] = profile
+        present = [(slot, profile) for slot, profile in zip(slots, profiles) if profile is not None]
+        at = [slot for slot, _ in present]
+        if "interests" in self.weights:
+            interests = [dict.fromkeys(_interests(profile), 1.0) for _, profile in present]
+            self.sparse["interests"].set_many(at, interests)
+        if "attributes" in self.weights:
+            keys = [dict.fromkeys(profile.attributes, 1.0) for _, profile in present]
+            values = [dict.fromkeys(profile.attributes.items(), 1.0) for _, profile in present]
+            self.sparse["keys"].set_many(at, keys)
+            self.sparse["values"].set_many(at, values)
+        if EMBEDDING in self.weights:
+            for slot, profile in present:
+                self.embeddings.set(slot, profile.embedding)
+        for part in TEXT_PARTS:
+            if part in self.weights:
+                vectors = [self.text_model.vector(getattr(profile, part)) for _, profile in present]
+                self.sparse[part].set_many(at, vectors)
+                self.texts[part].update(zip(at, vectors, strict=True))
+
     def clear(self, slot: int) -> None:
         self.profiles[slot] = None
         for feature in self.sparse.values():
             feature.clear(slot)
-        self.interests.pop(slot, None)
         for texts in self.texts.values():
             texts.pop(slot, None)
         self.embeddings.clear(slot)
@@ -226,9 +246,9 @@ class ProfileVectors:
         reasons: list[str] = []
         for part in self.weights:
             if part == "interests":
-                shared = sorted(
-                    self.interests.get(viewer, frozenset()) & self.interests.get(other, frozenset())
-                )
+                # Recomputed for the few pairs that match rather than kept for every slot:
+                # a set per waiting request was a fifth of the index's memory.
+                shared = sorted(_interests(left) & _interests(right))
                 if shared:
                     reasons.append(f"shared interests: {', '.join(shared[:_MAX_LISTED])}")
             elif part == "attributes":
@@ -271,3 +291,8 @@ class ProfileVectors:
         union = mine + theirs
         union -= shared
         return np.divide(shared, union, out=shared, where=comparable), comparable
+
+
+def _interests(profile: Profile) -> set[str]:
+    """Interests compared case-insensitively, blanks left out, as `matching.scoring` does."""
+    return {item.strip().lower() for item in profile.interests if item.strip()}

@@ -9,7 +9,7 @@ matrix product is far cheaper than gathering their postings.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -19,7 +19,7 @@ from matching.arrays import Floats, Ints
 
 __all__ = ["SparseTerms"]
 
-_NO_TERMS: tuple[list[int], list[float]] = ([], [])
+_NO_TERMS: tuple[tuple[int, ...], tuple[float, ...]] = ((), ())
 _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
 _Term = TypeVar("_Term", bound=Hashable)
@@ -39,7 +39,8 @@ class SparseTerms:
         self._weights: list[Floats] = []
         self._fill: list[int] = []
         self._position: list[dict[int, int]] = []
-        self.rows: dict[int, tuple[list[int], list[float]]] = {}
+        self.rows: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+        """Each slot's term ids and weights; tuples, as a slot's terms change only as a whole."""
         self.counts: Floats = np.zeros(0)
         self._dense: npt.NDArray[np.float32] | None = (
             np.zeros((0, 8), np.float32) if binary else None
@@ -67,10 +68,44 @@ class SparseTerms:
             self._weights[term][fill] = weight
             self._position[term][slot] = fill
             self._fill[term] = fill + 1
-        self.rows[slot] = ([term for term, _ in pairs], [weight for _, weight in pairs])
+        terms, weights = zip(*pairs, strict=True)
+        self.rows[slot] = (terms, weights)
         self.counts[slot] = len(pairs)
         if self._dense is not None and self._fits_dense():
             self._dense[slot, self.rows[slot][0]] = 1.0
+
+    def set_many(self, slots: Sequence[int], vectors: Sequence[Mapping[_Term, float]]) -> None:
+        """`set` for many slots: each term's postings grow once, not once per slot."""
+        postings: dict[int, tuple[list[int], list[float]]] = {}
+        for slot, vector in zip(slots, vectors, strict=True):
+            self.clear(slot)
+            if not vector:
+                continue
+            pairs = sorted((self._term_id(term), weight) for term, weight in vector.items())
+            terms, weights = zip(*pairs, strict=True)
+            self.rows[slot] = (terms, weights)
+            for term, weight in pairs:
+                held_slots, held_weights = postings.setdefault(term, ([], []))
+                held_slots.append(slot)
+                held_weights.append(weight)
+        for term, (held_slots, held_weights) in postings.items():
+            fill = self._fill[term]
+            end = fill + len(held_slots)
+            if end > len(self._slots[term]):
+                self._slots[term] = np.resize(self._slots[term], 2 * end + 4)
+                self._weights[term] = np.resize(self._weights[term], 2 * end + 4)
+            self._slots[term][fill:end] = held_slots
+            self._weights[term][fill:end] = held_weights
+            self._position[term].update(zip(held_slots, range(fill, end), strict=True))
+            self._fill[term] = end
+        filled = [slot for slot in slots if slot in self.rows]
+        if not filled:
+            return
+        self.counts[filled] = [len(self.rows[slot][0]) for slot in filled]
+        if self._dense is not None and self._fits_dense():
+            rows = [slot for slot in filled for _ in self.rows[slot][0]]
+            columns = [term for slot in filled for term in self.rows[slot][0]]
+            self._dense[rows, columns] = 1.0
 
     def clear(self, slot: int) -> None:
         row = self.rows.pop(slot, None)

@@ -168,6 +168,41 @@ def test_index_follows_adds_and_removes(
             assert len(book.partners) == len(book.waiting)
 
 
+@SETTINGS
+@given(
+    config=_configs,
+    waiting=st.lists(_requests, max_size=60),
+    later=st.lists(st.tuples(st.booleans(), st.integers(0, 70), _requests), max_size=20),
+    newcomer=_requests,
+)
+def test_a_pool_indexed_at_once_answers_as_one_indexed_request_by_request(
+    config: PoolConfig,
+    waiting: list[dict[str, Any]],
+    later: list[tuple[bool, int, dict[str, Any]]],
+    newcomer: dict[str, Any],
+) -> None:
+    requests = [request(number, **fields) for number, fields in enumerate(waiting)]
+    asking = request(9999, **newcomer)
+    with indexed_always():
+        one_by_one = book_of(config, requests)
+        at_once = PoolBook(pool_id="pool", partition=0, config=config)
+        at_once.index_deferred = True
+        for item in requests:
+            at_once.add_waiting(item)
+        assert at_once.partners is None
+        at_once.index_now()
+        # Slots freed and taken again after the bulk fill behave as any others.
+        for book in (one_by_one, at_once):
+            for adding, number, fields in later:
+                book.remove_waiting(f"r-{number:04d}")
+                if adding:
+                    book.add_waiting(request(number, **fields))
+        assert (at_once.partners is None) == (one_by_one.partners is None)
+        expected = answer(find_partners(one_by_one, asking, NOW))
+        assert answer(find_partners(at_once, asking, NOW)) == expected
+        assert answer(scan_partners(at_once, asking, NOW)) == expected
+
+
 # -- examples -----------------------------------------------------------------------
 
 

@@ -34,3 +34,22 @@ def test_dense_and_postings_give_the_same_counts_through_growth_and_clears(monke
         feature.set(5, {f"new-{number}": 1.0 for number in range(5)})
     assert dense._dense is None
     assert np.array_equal(dense.dot(queries, 30), postings.dot(queries, 30))
+
+
+def test_filling_many_slots_at_once_gives_the_products_of_filling_one_by_one(monkeypatch) -> None:
+    monkeypatch.setattr(sparse_terms, "_DENSE_TERMS", 12)
+    rng = np.random.default_rng(7)
+    vocabulary = [f"t{number}" for number in range(10)]
+    rows = [list(rng.choice(vocabulary, rng.integers(0, 4), replace=False)) for _ in range(40)]
+    queries = np.arange(40, dtype=np.int64)
+    for binary in (True, False):
+        one_by_one = _filled(binary, rows)
+        at_once = SparseTerms(binary=binary)
+        at_once.reserve(40)
+        at_once.set_many(range(40), [dict.fromkeys(terms, 1.0) for terms in rows])
+        assert np.array_equal(at_once.dot(queries, 40), one_by_one.dot(queries, 40))
+        assert np.array_equal(at_once.counts, one_by_one.counts)
+        for feature in (one_by_one, at_once):
+            feature.clear(7)
+            feature.set(8, {"t1": 1.0, "t9": 1.0})
+        assert np.array_equal(at_once.dot(queries, 40), one_by_one.dot(queries, 40))
