@@ -63,7 +63,8 @@ def same_criterion(mine: CriterionValue, theirs: CriterionValue) -> bool:
 
 def bucket_key(config: PoolConfig, request: RequestState) -> BucketKey:
     """A request's `match_on` values, as buckets group them."""
-    return tuple(_bucket_value(request.criteria.get(key)) for key in config.match_on)
+    criteria = request.criteria
+    return tuple([_bucket_value(criteria.get(key)) for key in config.match_on])
 
 
 def _bucket_value(value: CriterionValue) -> object:

@@ -217,6 +217,9 @@ def decode_state(raw: bytes) -> StateRecord:
 def _share_field_set(model: BaseModel) -> None:
     # Pydantic only adds names to a model's field set (on assignment; `model_copy`
     # copies it first), and this one holds every name already, so no model sees a change.
-    every = _EVERY_FIELD.setdefault(type(model), set(type(model).model_fields))
-    if model.__pydantic_fields_set__ == every:
+    every = _EVERY_FIELD.get(type(model))
+    if every is None:
+        every = _EVERY_FIELD[type(model)] = set(type(model).model_fields)
+    # A field set only ever holds the model's own names, so equal size means equal.
+    if len(model.__pydantic_fields_set__) == len(every):
         object.__setattr__(model, "__pydantic_fields_set__", every)
