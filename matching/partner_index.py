@@ -123,7 +123,8 @@ class _Bucket:
             self._grow(capacity)
         longest = max(len(request.request_id) for request in requests)
         if longest > self.ids.dtype.itemsize // 4:
-            self.ids = self.ids.astype(f"U{2 * longest}")
+            # Exactly as wide as needed: ids take four bytes per character in every slot.
+            self.ids = self.ids.astype(f"U{longest}")
         self.vectors.set_many(slots, [_scored_profile(request) for request in requests])
         for slot, request in zip(slots, requests, strict=True):
             self.requests[slot] = request
@@ -188,7 +189,8 @@ class PartnerIndex:
         self.config = config
         self._buckets: dict[BucketKey, _Bucket] = {}
         self._located: dict[str, tuple[_Bucket, int]] = {}
-        self._by_user: dict[str, set[str]] = {}
+        self._by_user: dict[str, list[str]] = {}
+        """Request ids by user; a list, as a user rarely has more than one waiting."""
         self._by_value: list[dict[object, set[BucketKey]]] = [{} for _ in config.match_on]
         weights = [weight for weight in config.weights.values() if weight > 0]
         self._usable = all(_SAFE_RANGE[0] <= weight <= _SAFE_RANGE[1] for weight in weights)
@@ -201,7 +203,7 @@ class PartnerIndex:
         key = bucket_key(self.config, request)
         bucket = self._bucket(key, request)
         self._located[request.request_id] = (bucket, bucket.put(request))
-        self._by_user.setdefault(request.user_id, set()).add(request.request_id)
+        self._by_user.setdefault(request.user_id, []).append(request.request_id)
 
     def add_many(self, requests: Iterable[RequestState]) -> None:
         """`add` for many requests with distinct ids, bucket by bucket (a pool indexed whole).
@@ -217,7 +219,7 @@ class PartnerIndex:
             bucket = self._bucket(key, members[0])
             for request, slot in zip(members, bucket.put_many(members), strict=True):
                 self._located[request.request_id] = (bucket, slot)
-                self._by_user.setdefault(request.user_id, set()).add(request.request_id)
+                self._by_user.setdefault(request.user_id, []).append(request.request_id)
 
     def _bucket(self, key: BucketKey, member: RequestState) -> _Bucket:
         """The bucket of `key`, made for `member` if it does not exist yet."""
@@ -240,7 +242,7 @@ class PartnerIndex:
         assert request is not None
         bucket.take(slot)
         same_user = self._by_user[request.user_id]
-        same_user.discard(request_id)
+        same_user.remove(request_id)
         if not same_user:
             del self._by_user[request.user_id]
         if bucket.size == 0:

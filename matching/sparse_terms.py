@@ -23,6 +23,7 @@ _NO_TERMS: tuple[tuple[int, ...], tuple[float, ...]] = ((), ())
 _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
 _Term = TypeVar("_Term", bound=Hashable)
+_ONES: dict[int, tuple[float, ...]] = {}
 
 
 class SparseTerms:
@@ -34,6 +35,7 @@ class SparseTerms:
     """
 
     def __init__(self, *, binary: bool = False) -> None:
+        self._binary = binary
         self._ids: dict[Hashable, int] = {}
         self._slots: list[Ints] = []
         self._weights: list[Floats] = []
@@ -68,8 +70,7 @@ class SparseTerms:
             self._weights[term][fill] = weight
             self._position[term][slot] = fill
             self._fill[term] = fill + 1
-        terms, weights = zip(*pairs, strict=True)
-        self.rows[slot] = (terms, weights)
+        self.rows[slot] = self._row(pairs)
         self.counts[slot] = len(pairs)
         if self._dense is not None and self._fits_dense():
             self._dense[slot, self.rows[slot][0]] = 1.0
@@ -82,8 +83,7 @@ class SparseTerms:
             if not vector:
                 continue
             pairs = sorted((self._term_id(term), weight) for term, weight in vector.items())
-            terms, weights = zip(*pairs, strict=True)
-            self.rows[slot] = (terms, weights)
+            self.rows[slot] = self._row(pairs)
             for term, weight in pairs:
                 held_slots, held_weights = postings.setdefault(term, ([], []))
                 held_slots.append(slot)
@@ -92,8 +92,10 @@ class SparseTerms:
             fill = self._fill[term]
             end = fill + len(held_slots)
             if end > len(self._slots[term]):
-                self._slots[term] = _grown(self._slots[term], fill, 2 * end + 4)
-                self._weights[term] = _grown(self._weights[term], fill, 2 * end + 4)
+                # A quarter to spare, not double: a bulk fill is mostly a pool's final size.
+                capacity = end + end // 4 + 4
+                self._slots[term] = _grown(self._slots[term], fill, capacity)
+                self._weights[term] = _grown(self._weights[term], fill, capacity)
             self._slots[term][fill:end] = held_slots
             self._weights[term][fill:end] = held_weights
             self._position[term].update(zip(held_slots, range(fill, end), strict=True))
@@ -150,6 +152,13 @@ class SparseTerms:
             np.concatenate(cells), np.concatenate(values), minlength=size
         ).astype(np.float64, copy=False)
         return summed.reshape(len(queries), width)
+
+    def _row(self, pairs: list[tuple[int, float]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        terms, weights = zip(*pairs, strict=True)
+        if self._binary:
+            # All ones: one shared tuple per length rather than one per slot.
+            weights = _ONES.setdefault(len(weights), weights)
+        return terms, weights
 
     def _fits_dense(self) -> bool:
         """Make room for every term id in the dense matrix, or give it up for good."""
