@@ -24,6 +24,8 @@ _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
 _Term = TypeVar("_Term", bound=Hashable)
 _ONES: dict[int, tuple[float, ...]] = {}
+_NO_SLOTS: Ints = np.zeros(0, np.int64)
+_NO_WEIGHTS: Floats = np.zeros(0)
 
 
 class SparseTerms:
@@ -60,7 +62,7 @@ class SparseTerms:
         self.clear(slot)
         if not vector:
             return
-        pairs = sorted((self._term_id(term), weight) for term, weight in vector.items())
+        pairs = self._pairs(vector)
         for term, weight in pairs:
             fill = self._fill[term]
             if fill == len(self._slots[term]):
@@ -82,7 +84,7 @@ class SparseTerms:
             self.clear(slot)
             if not vector:
                 continue
-            pairs = sorted((self._term_id(term), weight) for term, weight in vector.items())
+            pairs = self._pairs(vector)
             self.rows[slot] = self._row(pairs)
             for term, weight in pairs:
                 held_slots, held_weights = postings.setdefault(term, ([], []))
@@ -153,12 +155,25 @@ class SparseTerms:
         ).astype(np.float64, copy=False)
         return summed.reshape(len(queries), width)
 
+    def _pairs(self, vector: Mapping[_Term, float]) -> list[tuple[int, float]]:
+        """(term id, weight) in term-id order; a term seen for the first time gets an id."""
+        ids = self._ids
+        return sorted(
+            [
+                (ids[term] if term in ids else self._term_id(term), weight)
+                for term, weight in vector.items()
+            ]
+        )
+
     def _row(self, pairs: list[tuple[int, float]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        terms, weights = zip(*pairs, strict=True)
-        if self._binary:
-            # All ones: one shared tuple per length rather than one per slot.
-            weights = _ONES.setdefault(len(weights), weights)
-        return terms, weights
+        terms = tuple([term for term, _ in pairs])
+        if not self._binary:
+            return terms, tuple([weight for _, weight in pairs])
+        # All ones: one shared tuple per length rather than one per slot.
+        ones = _ONES.get(len(terms))
+        if ones is None:
+            ones = _ONES[len(terms)] = (1.0,) * len(terms)
+        return terms, ones
 
     def _fits_dense(self) -> bool:
         """Make room for every term id in the dense matrix, or give it up for good."""
@@ -178,8 +193,9 @@ class SparseTerms:
         found = self._ids.get(term)
         if found is None:
             found = self._ids[term] = len(self._fill)
-            self._slots.append(np.zeros(4, np.int64))
-            self._weights.append(np.zeros(4))
+            # Shared and empty, so never written: the first posting grows them (`_grown`).
+            self._slots.append(_NO_SLOTS)
+            self._weights.append(_NO_WEIGHTS)
             self._fill.append(0)
             self._position.append({})
         return found
