@@ -112,7 +112,7 @@ class RecoveryReport:
             "| phase | back after | engine rebuild | vs baseline | RSS when back | peak RSS |",
             "|---|---|---|---|---|---|",
             (
-                f"| bare read of the changelog (baseline) | {self.baseline_s:.1f} s | - | 1.0 "
+                f"| bare read of the changelog (baseline) | {self.baseline_s:.3f} s | - | 1.0 "
                 "| - | - |"
             ),
             row("cold recovery (empty data directory)", self.cold),
