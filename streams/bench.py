@@ -46,6 +46,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Self
 
@@ -104,6 +105,10 @@ class BenchReport:
     latency_rate: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     """In the order the matches arrived."""
+    legs_ms: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Each latency split at the match's decision (`created_at`), the append of its
+    record to the state changelog and the relay's `match.found` (record timestamps);
+    wall clock, 1 ms resolution."""
     latency_expected: int = 0
     latency_cpu_s_per_1k: float = 0.0
     cpu_s_per_1k: float = 0.0
@@ -112,6 +117,14 @@ class BenchReport:
     runqueue_share: float = 0.0
     """Share of the matcher window the worker's main thread was runnable but not running."""
     peak_rss_mib: float = 0.0
+
+    def _legs(self) -> str:
+        if not self.legs_ms:
+            return "-"
+        legs = [sorted(leg) for leg in zip(*self.legs_ms, strict=True)]
+        p50 = " / ".join(f"{_percentile(leg, 50):.1f}" for leg in legs)
+        p99 = " / ".join(f"{_percentile(leg, 99):.1f}" for leg in legs)
+        return f"{p50} ms; {p99} ms"
 
     def markdown(self) -> str:
         """The report as a machine line and a Markdown table."""
@@ -132,6 +145,10 @@ class BenchReport:
             (
                 f"latency p50 / p99 at {self.latency_rate:,.0f} requests/s",
                 f"{p50:.1f} / {p99:.1f} ms" + (f" ({missing} matches missing)" if missing else ""),
+            ),
+            (
+                "latency legs p50 / p99: request > decision > changelog > match.found > consumed",
+                self._legs(),
             ),
             ("worker CPU per 1,000 requests (matcher window)", f"{self.cpu_s_per_1k:.2f} s"),
             ("worker peak RSS", f"{self.peak_rss_mib:,.0f} MiB"),
@@ -481,10 +498,14 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
     rate = max(10.0, round(report.matcher_rate / 2))
     count = max(20, int(rate * _LATENCY_PHASE_S) // 2 * 2)
     report.latency_rate, report.latency_expected = rate, count // 2
+    changelog = _changelog_topic(settings)
     async with _Offsets(hosts) as offsets:
-        found_ends = await offsets.ends(names.found)
-        partitions = await offsets.partitions(names.found)
-    sent: dict[str, float] = {}
+        ends = await offsets.ends(names.found, changelog)
+        partitions = await offsets.partitions(names.found, changelog)
+    sent: dict[str, tuple[float, float]] = {}
+    appended: dict[str, float] = {}
+    """match_id -> broker timestamp of the match's final record in the changelog."""
+    found: list[tuple[str, float, float, float, float]] = []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=hosts, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
     )
@@ -493,9 +514,9 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
     try:
         consumer.assign(partitions)
         for tp in partitions:
-            consumer.seek(tp, found_ends.get(tp, 0))
+            consumer.seek(tp, ends.get(tp, 0))
         await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
-        receiver = asyncio.create_task(_receive_found(consumer, sent, report))
+        receiver = asyncio.create_task(_receive(consumer, changelog, sent, appended, found, report))
         started = time.time()
         try:
             await asyncio.wait_for(
@@ -516,6 +537,16 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
             await producer.stop()
     finally:
         await consumer.stop()
+    report.legs_ms = [
+        (
+            (decided - sent_at) * 1_000,
+            (appended[match_id] - decided) * 1_000,
+            (produced - appended[match_id]) * 1_000,
+            (received - produced) * 1_000,
+        )
+        for match_id, sent_at, decided, produced, received in found
+        if match_id in appended
+    ]
     log.info(
         "bench.latency rate=%.0f matches=%d/%d p50_ms=%.1f p99_ms=%.1f",
         rate,
@@ -527,7 +558,11 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
 
 
 async def _send_paced(
-    producer: AIOKafkaProducer, topic: str, rate: float, count: int, sent: dict[str, float]
+    producer: AIOKafkaProducer,
+    topic: str,
+    rate: float,
+    count: int,
+    sent: dict[str, tuple[float, float]],
 ) -> None:
     """Send `count` requests `1/rate` apart; every second one completes its pool's pair."""
     run = uuid.uuid4().hex[:8]
@@ -545,23 +580,38 @@ async def _send_paced(
             "created_at": utc_now_iso(),
         }
         if number % 2:
-            sent[request_id] = time.monotonic()
+            sent[request_id] = time.monotonic(), time.time()
         await producer.send(topic, value=dumps(request), key=pool_id.encode())
     await asyncio.wait_for(producer.flush(), _CLIENT_TIMEOUT_S)
 
 
-async def _receive_found(
-    consumer: AIOKafkaConsumer, sent: dict[str, float], report: BenchReport
+async def _receive(
+    consumer: AIOKafkaConsumer,
+    changelog: str,
+    sent: dict[str, tuple[float, float]],
+    appended: dict[str, float],
+    found: list[tuple[str, float, float, float, float]],
+    report: BenchReport,
 ) -> None:
+    """Time each paced match on arrival; note when its final record reached the changelog."""
     while True:
         batches = await consumer.getmany(timeout_ms=200)
-        now = time.monotonic()
-        for records in batches.values():
+        now, now_wall = time.monotonic(), time.time()
+        for tp, records in batches.items():
             for record in records:
-                for member in loads(record.value)["members"]:
+                value = loads(record.value)
+                if tp.topic == changelog:
+                    if value.get("kind") == "match" and value.get("state") == "final":
+                        appended.setdefault(value["found"]["match_id"], record.timestamp / 1_000)
+                    continue
+                decided = datetime.fromisoformat(value["created_at"]).timestamp()
+                for member in value["members"]:
                     at = sent.pop(member["request_id"], None)
                     if at is not None:
-                        report.latencies_ms.append((now - at) * 1_000)
+                        report.latencies_ms.append((now - at[0]) * 1_000)
+                        found.append(
+                            (value["match_id"], at[1], decided, record.timestamp / 1_000, now_wall)
+                        )
 
 
 async def _all_received(report: BenchReport) -> bool:

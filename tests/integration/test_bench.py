@@ -56,6 +56,9 @@ def test_bench_prints_relay_matcher_and_latency(
     p50, p99 = _numbers(_row(rows, "latency p50 / p99"))[:2]
     assert 0 < p50 <= p99
     assert "missing" not in _row(rows, "latency p50 / p99")
+    legs = _numbers(_row(rows, "latency legs"))
+    assert len(legs) == 8
+    assert legs[0] > 0  # a request reaches the worker's decision through Kafka, never at once
     assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
     assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
     # The run's broker, worker and files are gone with its temporary directory.
