@@ -44,7 +44,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -63,7 +64,7 @@ from streams.topics import TopicNames, ensure_topics
 from streams.worker_process import WorkerProcess
 from streams.workload import Workload, WorkloadMessage
 
-__all__ = ["BenchError", "BenchReport", "run_bench"]
+__all__ = ["BenchError", "BenchReport", "own_broker", "run_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -221,33 +222,47 @@ def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
         raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-", dir=settings.data_dir) as tmp:
-        home = Path(tmp)
-        kafka = LocalKafka(port=free_port(), data_dir=home, cache_dir=settings.kafka_cache_dir)
-        bench = settings.model_copy(
-            update={
-                "broker": f"kafka://127.0.0.1:{kafka.port}",
-                "topic_prefix": f"bench-{run}-",
-                "app_id": f"matchstream-bench-{run}",
-                "data_dir": home,
-                "web_port": free_port(),
-            }
-        )
-        report = BenchReport(requests=requests, pools=pools, partitions=bench.topic_partitions)
-        workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
-        try:
-            kafka.start(timeout_s=_BROKER_START_TIMEOUT_S)
+    report = BenchReport(requests=requests, pools=pools, partitions=settings.topic_partitions)
+    workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
+    try:
+        with own_broker(settings, name="bench", run=run) as bench:
             asyncio.run(_bench(bench, workload, report))
-        except (BenchError, LocalKafkaError, TimeoutError) as exc:
-            log.error("bench.failed error=%r", exc)
-            print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
-            return 1
-        finally:
-            kafka.stop()
+    except (BenchError, LocalKafkaError, TimeoutError) as exc:
+        log.error("bench.failed error=%r", exc)
+        print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     print(report.markdown())
     log.info("bench.done elapsed_s=%.1f", time.monotonic() - started)
     return 0
+
+
+@contextmanager
+def own_broker(settings: Settings, *, name: str, run: str) -> Iterator[Settings]:
+    """A started single-node broker in a temporary directory, and settings for it alone.
+
+    Topic prefix, app id, data dir and web port are the run's own; the broker is
+    stopped and its directory removed afterwards.
+
+    Raises:
+        LocalKafkaError: the broker did not start.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}-", dir=settings.data_dir) as tmp:
+        home = Path(tmp)
+        kafka = LocalKafka(port=free_port(), data_dir=home, cache_dir=settings.kafka_cache_dir)
+        try:
+            kafka.start(timeout_s=_BROKER_START_TIMEOUT_S)
+            yield settings.model_copy(
+                update={
+                    "broker": f"kafka://127.0.0.1:{kafka.port}",
+                    "topic_prefix": f"bench-{run}-",
+                    "app_id": f"matchstream-{name}-{run}",
+                    "data_dir": home,
+                    "web_port": free_port(),
+                }
+            )
+        finally:
+            kafka.stop()
 
 
 async def _bench(settings: Settings, workload: Workload, report: BenchReport) -> None:

@@ -31,7 +31,6 @@ import platform
 import random
 import re
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,7 +44,8 @@ from aiokafka.structs import OffsetAndMetadata
 from models.codec import dumps
 from models.messages import PoolConfig, Profile
 from models.state import PoolState, RequestState, state_key
-from streams.kafka_local import KAFKA_VERSION, LocalKafka, LocalKafkaError, free_port
+from streams.bench import own_broker
+from streams.kafka_local import KAFKA_VERSION, LocalKafkaError
 from streams.settings import Settings
 from streams.topics import ensure_topics, state_changelog
 from streams.worker_process import WorkerProcess
@@ -55,7 +55,6 @@ __all__ = ["RecoveryReport", "changelog_records", "run_recovery_bench"]
 
 log = logging.getLogger(__name__)
 
-_BROKER_START_TIMEOUT_S = 120.0
 _CLIENT_TIMEOUT_S = 60.0
 _RECOVERY_TIMEOUT_S = 1_800.0
 """Long enough for a million waiting requests on a loaded machine; a result, not a hang."""
@@ -194,36 +193,19 @@ def run_recovery_bench(
     """
     if waiting < 1 or pools < 1 or embedding_dims < 0:
         raise ValueError("need waiting >= 1, pools >= 1 and embedding_dims >= 0")
-    run = uuid.uuid4().hex[:8]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-recovery-", dir=settings.data_dir) as tmp:
-        home = Path(tmp)
-        kafka = LocalKafka(port=free_port(), data_dir=home, cache_dir=settings.kafka_cache_dir)
-        bench = settings.model_copy(
-            update={
-                "broker": f"kafka://127.0.0.1:{kafka.port}",
-                "topic_prefix": f"bench-{run}-",
-                "app_id": f"matchstream-recovery-{run}",
-                "data_dir": home,
-                "web_port": free_port(),
-                "standby_replicas": 0,
-            }
-        )
-        report = RecoveryReport(
-            waiting=waiting,
-            pools=pools,
-            partitions=bench.topic_partitions,
-            embedding_dims=embedding_dims,
-        )
-        try:
-            kafka.start(timeout_s=_BROKER_START_TIMEOUT_S)
+    report = RecoveryReport(
+        waiting=waiting,
+        pools=pools,
+        partitions=settings.topic_partitions,
+        embedding_dims=embedding_dims,
+    )
+    try:
+        with own_broker(settings, name="recovery", run=uuid.uuid4().hex[:8]) as bench:
             asyncio.run(_bench(bench, report))
-        except (RecoveryBenchError, LocalKafkaError, TimeoutError) as exc:
-            log.error("bench.recovery.failed error=%r", exc)
-            print(f"recovery bench failed: {exc or type(exc).__name__}", file=sys.stderr)
-            return 1
-        finally:
-            kafka.stop()
+    except (RecoveryBenchError, LocalKafkaError, TimeoutError) as exc:
+        log.error("bench.recovery.failed error=%r", exc)
+        print(f"recovery bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     print(report.markdown())
     return 0
 
