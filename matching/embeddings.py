@@ -10,6 +10,9 @@ from matching.arrays import Floats, Ints, Mask
 
 __all__ = ["EmbeddingStore"]
 
+_PLAIN_RANGE = (1e-100, 1e100)
+"""Largest |x| for which the sum of squares of a few thousand values stays a normal float."""
+
 
 class _EmbeddingGroup:
     """L2-normalised embeddings of one dimension, in float64 and in float32.
@@ -55,6 +58,11 @@ class EmbeddingStore:
     def set(self, slot: int, embedding: Sequence[float] | None) -> None:
         self.clear(slot)
         vector = np.asarray(embedding or (), dtype=np.float64)
+        largest = float(np.max(np.abs(vector))) if vector.size else 0.0
+        if largest and not _PLAIN_RANGE[0] <= largest <= _PLAIN_RANGE[1]:
+            # Squares this small are subnormal (the norm loses digits) and this large
+            # overflow; scaling to a largest |x| of 1 first changes no cosine.
+            vector = vector / largest
         norm = float(np.sqrt(vector @ vector)) if vector.size else 0.0
         if norm == 0.0 or not np.isfinite(norm):
             return

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from matching import recommend
@@ -361,6 +361,12 @@ def test_incremental_lists_equal_a_from_scratch_computation(
     profiles=st.lists(_profiles, min_size=2, max_size=5),
     weights=st.sampled_from([dict(DEFAULT_WEIGHTS), TEXT_WEIGHTS, {"opinions": 1.0}]),
     refit=st.booleans(),
+)
+# Found by CI: squares of values this small are subnormal, so the norm lost precision.
+@example(
+    profiles=[Profile(embedding=[1.4413540750392226e-160, 0.0])] * 2,
+    weights=dict(DEFAULT_WEIGHTS),
+    refit=False,
 )
 def test_scores_are_symmetric_and_follow_score_pair(
     profiles: list[Profile | None], weights: dict[str, float], refit: bool
