@@ -169,7 +169,8 @@ class ProfileVectors:
     def set_many(self, slots: Sequence[int], profiles: Sequence[Profile | None]) -> None:
         """`set` for many slots, each feature filled in one pass (a pool indexed whole)."""
         for slot, profile in zip(slots, profiles, strict=True):
-            self.clear(slot)
+            if self.profiles[slot] is not None:  # a slot without a profile holds nothing
+                self.clear(slot)
             self.profiles[slot] = profile
         present = [(slot, profile) for slot, profile in zip(slots, profiles) if profile is not None]
         at = [slot for slot, _ in present]

@@ -81,7 +81,8 @@ class SparseTerms:
         """`set` for many slots: each term's postings grow once, not once per slot."""
         postings: dict[int, tuple[list[int], list[float]]] = {}
         for slot, vector in zip(slots, vectors, strict=True):
-            self.clear(slot)
+            if slot in self.rows:
+                self.clear(slot)
             if not vector:
                 continue
             pairs = self._pairs(vector)
