@@ -7,11 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from matching.arrays import Floats, Ints, Mask
+from matching.scoring import embedding_scale
 
 __all__ = ["EmbeddingStore"]
-
-_PLAIN_RANGE = (1e-100, 1e100)
-"""Largest |x| for which the sum of squares of a few thousand values stays a normal float."""
 
 
 class _EmbeddingGroup:
@@ -58,11 +56,9 @@ class EmbeddingStore:
     def set(self, slot: int, embedding: Sequence[float] | None) -> None:
         self.clear(slot)
         vector = np.asarray(embedding or (), dtype=np.float64)
-        largest = float(np.max(np.abs(vector))) if vector.size else 0.0
-        if largest and not _PLAIN_RANGE[0] <= largest <= _PLAIN_RANGE[1]:
-            # Squares this small are subnormal (the norm loses digits) and this large
-            # overflow; scaling to a largest |x| of 1 first changes no cosine.
-            vector = vector / largest
+        scale = embedding_scale(float(np.max(np.abs(vector)))) if vector.size else 1.0
+        if scale != 1.0:
+            vector = vector / scale
         norm = float(np.sqrt(vector @ vector)) if vector.size else 0.0
         if norm == 0.0 or not np.isfinite(norm):
             return

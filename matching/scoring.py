@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from matching.text_similarity import TfIdfModel, text_reason, text_similarity
 from models.messages import Profile
 
-__all__ = ["DEFAULT_WEIGHTS", "ScoredPair", "group_score", "score_pair"]
+__all__ = ["DEFAULT_WEIGHTS", "ScoredPair", "embedding_scale", "group_score", "score_pair"]
 
 DEFAULT_WEIGHTS: Mapping[str, float] = {"interests": 1.0, "embedding": 1.0, "attributes": 0.5}
 _MAX_LISTED = 3
@@ -105,10 +105,24 @@ def _attributes(left: Profile, right: Profile) -> tuple[float, str | None] | Non
     return len(same) / len(common), reason
 
 
+def embedding_scale(largest: float) -> float:
+    """What to divide an embedding by before its norm, given its largest |x|.
+
+    Squares of values under 1e-100 are subnormal (the norm loses digits) and of
+    values over 1e100 overflow; dividing by the largest |x| changes no cosine.
+    """
+    if largest and not 1e-100 <= largest <= 1e100:
+        return largest
+    return 1.0
+
+
 def _embedding(left: Profile, right: Profile) -> tuple[float, str | None] | None:
     a, b = left.embedding, right.embedding
     if not a or not b or len(a) != len(b):
         return None
+    a_scale, b_scale = embedding_scale(max(map(abs, a))), embedding_scale(max(map(abs, b)))
+    if a_scale != 1.0 or b_scale != 1.0:
+        a, b = [x / a_scale for x in a], [y / b_scale for y in b]
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))
     if norms == 0:
