@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from matching.scoring import DEFAULT_WEIGHTS, group_score, score_pair
@@ -224,12 +224,10 @@ def test_score_is_symmetric_and_in_unit_interval(
 
 @settings(max_examples=100, deadline=None)
 @given(profile=profiles)
+@example(profile=Profile(embedding=[1e-170, 0.0]))
 def test_a_profile_fits_itself_perfectly_in_every_part_it_has(profile: Profile) -> None:
-    usable_embedding = profile.embedding is not None and any(
-        # A tiny vector's norm underflows to 0 and is skipped, so it does not count.
-        x * x > 0
-        for x in profile.embedding
-    )
+    # However tiny, a non-zero vector is scaled before its norm, so it counts.
+    usable_embedding = profile.embedding is not None and any(profile.embedding)
     comparable = any(item.strip() for item in profile.interests) or usable_embedding
     scored = score_pair(profile, profile, {"interests": 1.0, "embedding": 1.0})
 
