@@ -85,18 +85,42 @@ class OutputRelay(Service):
         assert self._consumer is not None and self._producer is not None
         consumer, producer = self._consumer, self._producer
         names = self.stream.names
-        while not self.should_stop:
-            batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
-            if not batches:
-                continue
-            pending: list[asyncio.Future[object]] = []
-            for messages in batches.values():
-                for message in messages:
-                    for topic, key, value in outputs_for(message.value, names):
-                        pending.append(await producer.send(topic, value=value, key=key))
-            # Commit only what the broker has acknowledged: a crash re-emits, never drops.
-            await asyncio.gather(*pending)
-            await _commit(consumer, {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()})
+        # The previous batch's acknowledgements and commit, awaited only after the next
+        # batch is sent: outputs do not queue behind a round trip to the broker.
+        settling: asyncio.Task[None] | None = None
+        try:
+            while not self.should_stop:
+                batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
+                if not batches:
+                    if settling is not None and settling.done():
+                        await settling  # raises here what failed while the topic was quiet
+                        settling = None
+                    continue
+                pending: list[asyncio.Future[object]] = []
+                for messages in batches.values():
+                    for message in messages:
+                        for topic, key, value in outputs_for(message.value, names):
+                            pending.append(await producer.send(topic, value=value, key=key))
+                if settling is not None:
+                    await settling  # commits stay in order, one batch in flight at most
+                offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
+                settling = asyncio.ensure_future(
+                    _commit_when_acknowledged(consumer, pending, offsets)
+                )
+        finally:
+            if settling is not None and not settling.done():
+                settling.cancel()  # not committed: the next owner re-emits identical outputs
+                await asyncio.gather(settling, return_exceptions=True)
+
+
+async def _commit_when_acknowledged(
+    consumer: AIOKafkaConsumer,
+    pending: list[asyncio.Future[object]],
+    offsets: dict[TopicPartition, int],
+) -> None:
+    # Commit only what the broker has acknowledged: a crash re-emits, never drops.
+    await asyncio.gather(*pending)
+    await _commit(consumer, offsets)
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
