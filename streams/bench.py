@@ -8,7 +8,9 @@ shares, and removes everything when done. Three phases, one after the other:
    topic first; then one aiokafka consumer in a consumer group reads them and
    produces each value to an output topic (acks=all), committing after every
    acknowledged batch, like the worker's output relay. Rate = messages / time
-   from the first message received to the last batch acknowledged.
+   from the first message received to the last batch acknowledged. Its CPU
+   time (this process runs nothing else meanwhile) per record read or written
+   prices one Kafka record on the leanest client path there is.
 2. Matcher. The same workload (with its `configure` commands) is produced to
    `match.request` / `pool.command` before a worker process starts, so its
    startup is outside the window. The window runs from the broker timestamp of
@@ -18,7 +20,11 @@ shares, and removes everything when done. Three phases, one after the other:
    the end of the state changelog: at that point every input message has been
    processed and every output it causes exists. Rate = input messages (requests,
    duplicates, cancels, configure commands) / window. Workload requests that
-   find no partner stay `queued`; they are processed all the same.
+   find no partner stay `queued`; they are processed all the same. The records
+   the worker moves per input (the input, each state changelog record twice:
+   written, then read by the output relay, and the outputs) times the bare
+   relay's price of a record give the input rate at which Kafka I/O alone
+   would fill the worker's one Python thread.
 3. Latency. Requests are produced at half the matcher's rate for about ten
    seconds into fresh unconfigured (`pair`) pools, two per pool, so the second
    request of each pool completes a match on arrival. Latency = the moment the
@@ -99,9 +105,13 @@ class BenchReport:
     partitions: int
     relay_messages: int = 0
     relay_rate: float = 0.0
+    relay_cpu_s: float = 0.0
+    """CPU seconds of this process (the relay alone runs in it then) over the relay window."""
     matcher_messages: int = 0
     matcher_window_s: float = 0.0
     matcher_rate: float = 0.0
+    changelog_records: int = 0
+    output_records: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     latency_rate: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -127,6 +137,30 @@ class BenchReport:
         p99 = " / ".join(f"{_percentile(leg, 99):.1f}" for leg in legs)
         return f"{p50} ms; {p99} ms"
 
+    def _relay_cpu_per_record(self) -> float:
+        return self.relay_cpu_s / max(2 * self.relay_messages, 1)
+
+    def _per_input(self, records: int) -> float:
+        return records / max(self.matcher_messages, 1)
+
+    def _records_per_input(self) -> float:
+        return (
+            1 + 2 * self._per_input(self.changelog_records) + self._per_input(self.output_records)
+        )
+
+    def _records_breakdown(self) -> str:
+        changelog = self._per_input(self.changelog_records)
+        outputs = self._per_input(self.output_records)
+        return f"{self._records_per_input():.2f} = 1 + 2 x {changelog:.2f} + {outputs:.2f}"
+
+    def _io_ceiling(self) -> float:
+        """Input rate at which the Kafka records alone would keep one core busy.
+
+        The worker is one Python thread; the bare relay is the leanest client path
+        to each record, so no design with as many records per input can go faster.
+        """
+        return 1 / max(self._records_per_input() * self._relay_cpu_per_record(), 1e-9)
+
     def markdown(self) -> str:
         """The report as a machine line and a Markdown table."""
         latencies = sorted(self.latencies_ms)
@@ -143,6 +177,18 @@ class BenchReport:
                 f"{self.matcher_rate:,.0f} requests/s",
             ),
             ("ratio matcher / bare relay", f"{self.matcher_rate / self.relay_rate:.2f}"),
+            (
+                "CPU per record moved by the bare relay (one read, one write per message)",
+                f"{self._relay_cpu_per_record() * 1e6:.1f} us",
+            ),
+            (
+                "Kafka records moved per input message: input + 2 x changelog + outputs",
+                self._records_breakdown(),
+            ),
+            (
+                "input messages/s one core could move at the bare relay's CPU per record",
+                f"{self._io_ceiling():,.0f}/s",
+            ),
             (
                 f"latency p50 / p99 at {self.latency_rate:,.0f} requests/s",
                 f"{p50:.1f} / {p99:.1f} ms" + (f" ({missing} matches missing)" if missing else ""),
@@ -267,10 +313,15 @@ def own_broker(settings: Settings, *, name: str, run: str) -> Iterator[Settings]
 
 async def _bench(settings: Settings, workload: Workload, report: BenchReport) -> None:
     messages = list(workload.messages())
-    report.relay_messages, report.relay_rate = await _bare_relay(
+    report.relay_messages, report.relay_rate, report.relay_cpu_s = await _bare_relay(
         settings, [message for message in messages if message.topic_kind == "request"]
     )
-    log.info("bench.relay messages=%d rate=%.0f", report.relay_messages, report.relay_rate)
+    log.info(
+        "bench.relay messages=%d rate=%.0f cpu_s=%.2f",
+        report.relay_messages,
+        report.relay_rate,
+        report.relay_cpu_s,
+    )
 
     await asyncio.wait_for(ensure_topics(settings), _CLIENT_TIMEOUT_S)
     await asyncio.wait_for(
@@ -296,8 +347,13 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
 # -- phase 1: the bare relay -----------------------------------------------------------
 
 
-async def _bare_relay(settings: Settings, messages: Sequence[WorkloadMessage]) -> tuple[int, float]:
-    """Produce `messages`, then time a consume -> produce -> commit loop over them."""
+async def _bare_relay(
+    settings: Settings, messages: Sequence[WorkloadMessage]
+) -> tuple[int, float, float]:
+    """Produce `messages`, then time a consume -> produce -> commit loop over them.
+
+    Returns the messages relayed, their rate and this process's CPU seconds meanwhile.
+    """
     relay_settings = settings.model_copy(update={"topic_prefix": f"{settings.topic_prefix}relay-"})
     names = TopicNames.with_prefix(relay_settings.topic_prefix)
     await asyncio.wait_for(ensure_topics(relay_settings), _CLIENT_TIMEOUT_S)
@@ -333,15 +389,16 @@ async def _bare_relay(settings: Settings, messages: Sequence[WorkloadMessage]) -
 
 async def _relay_all(
     consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, output: str, total: int
-) -> tuple[int, float]:
+) -> tuple[int, float, float]:
     done = 0
     first: float | None = None
+    first_cpu = 0.0
     while done < total:
         batches = await consumer.getmany(timeout_ms=200, max_records=_BATCH_RECORDS)
         if not batches:
             continue
         if first is None:
-            first = time.monotonic()
+            first, first_cpu = time.monotonic(), time.process_time()
         pending = []
         for records in batches.values():
             for record in records:
@@ -350,7 +407,8 @@ async def _relay_all(
         await consumer.commit()
         done += len(pending)
     assert first is not None
-    return done, done / max(time.monotonic() - first, 1e-6)
+    cpu = time.process_time() - first_cpu
+    return done, done / max(time.monotonic() - first, 1e-6), cpu
 
 
 # -- phase 2: the matcher --------------------------------------------------------------
@@ -384,6 +442,8 @@ async def _measure_matcher(
     report.matcher_messages = total
     report.matcher_window_s = window
     report.matcher_rate = total / max(window, 1e-3)
+    report.changelog_records = sum(changelog.values())
+    report.output_records = sum(outputs.values())
     report.outcomes = outcomes
     cpu, waited = worker.cpu_between(first_ms / 1_000, last_ms / 1_000)
     report.cpu_s_per_1k = cpu / (workload.requests / 1_000)

@@ -53,6 +53,12 @@ def test_bench_prints_relay_matcher_and_latency(
     assert relay and relay[0] > 0
     assert matcher and matcher[0] > 0
     assert _numbers(_row(rows, "ratio matcher / bare relay"))[0] > 0
+    assert _numbers(_row(rows, "CPU per record moved"))[0] > 0
+    # Every input is read once and causes at least one output or state change.
+    records, *parts = _numbers(_row(rows, "Kafka records moved per input"))
+    assert records > 2
+    assert records == pytest.approx(parts[0] + 2 * parts[2] + parts[3], abs=0.02)
+    assert _numbers(_row(rows, "input messages/s one core could move"))[0] > 0
     p50, p99 = _numbers(_row(rows, "latency p50 / p99"))[:2]
     assert 0 < p50 <= p99
     assert "missing" not in _row(rows, "latency p50 / p99")
