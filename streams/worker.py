@@ -7,16 +7,21 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
-from faust.worker import Worker
+from faust.worker import Worker as FaustWorker
 
-from streams.app import create_app
+from streams.app import Matchstream, create_app
+from streams.changelog_prefill import prefill_changelog
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
 __all__ = ["run_worker"]
 
 log = logging.getLogger(__name__)
+
+_PREFILL_TIMEOUT_S = 600.0
+"""Ample for a million-record changelog (a few seconds here); past it Faust recovers the rest."""
 
 
 def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
@@ -36,7 +41,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
         _discard_tables(Path(stream.app.conf.tabledir), running_marker)
     running_marker.write_text(str(os.getpid()))
     logging.getLogger("matchstream").setLevel(loglevel.upper())
-    worker = Worker(stream.app, loglevel=loglevel, quiet=True)
+    worker = Worker(stream, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
@@ -52,3 +57,35 @@ def _discard_tables(table_dir: Path, marker: Path) -> None:
         table_dir,
     )
     shutil.rmtree(table_dir, ignore_errors=True)
+
+
+class Worker(FaustWorker):
+    """A Faust worker that fills the local state store from the changelog first.
+
+    `on_execute` runs once logging is set up and before the app and its recovery start.
+    The class keeps Faust's name: its log says `[^Worker]: Ready`, which scripts wait for.
+    """
+
+    def __init__(self, stream: Matchstream, **kwargs: Any) -> None:
+        self._stream = stream
+        super().__init__(stream.app, **kwargs)
+
+    async def on_execute(self) -> None:
+        await super().on_execute()
+        store = self._stream.state.data
+        if not hasattr(store, "rocksdb_options"):
+            return  # an in-memory store has nothing local to fill
+        report = await prefill_changelog(
+            store,
+            topic=self._stream.state.changelog_topic.get_topic_name(),
+            partitions=self._stream.settings.topic_partitions,
+            bootstrap_servers=",".join(self._stream.settings.broker_hosts),
+            timeout_s=_PREFILL_TIMEOUT_S,
+        )
+        if report is not None:
+            log.info(
+                "changelog prefill records=%d partitions=%d seconds=%.3f",
+                report.records,
+                len(report.partitions),
+                report.seconds,
+            )

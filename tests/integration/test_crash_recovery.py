@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import orjson
@@ -59,6 +60,9 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
     _assert_one_match_per_pool(outputs)
     assert "did not stop cleanly" in worker.log_text()
     assert "engine rebuilt" in worker.log_text()
+    # The discarded tables were copied back from the changelog before Faust's recovery.
+    prefills = re.findall(r"changelog prefill records=(\d+)", worker.log_text())
+    assert prefills and int(prefills[-1]) > 0, prefills
 
 
 def _assert_one_match_per_pool(outputs: Outputs) -> None:
