@@ -2,9 +2,12 @@
 
 Each user (a slot) has weighted terms; each term keeps the slots that hold it, so
 the dot products of a few users with everyone cost only the postings of their terms.
-A 0/1 feature with a small vocabulary (interests from a list, attribute keys) is also
-kept as a dense matrix: when popular terms are held by thousands of users, one
-matrix product is far cheaper than gathering their postings.
+A 0/1 feature with a small vocabulary (interests from a list, attribute keys) is kept
+as a dense matrix instead: when popular terms are held by thousands of users, one
+matrix product is far cheaper than gathering their postings, and filling a row is
+far cheaper than growing a posting list per term (most of rebuilding an index at
+recovery, docs/performance.md). The postings are built from the rows the moment the
+vocabulary outgrows the matrix.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ class SparseTerms:
         self._weights: list[Floats] = []
         self._fill: list[int] = []
         self._position: list[dict[int, int]] = []
+        """Per term: its slots, their weights, how many, where each slot is (postings only)."""
         self.rows: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
         """Each slot's term ids and weights; tuples, as a slot's terms change only as a whole."""
         self.counts: Floats = np.zeros(0)
         self._dense: npt.NDArray[np.float32] | None = (
             np.zeros((0, 8), np.float32) if binary else None
         )
-        """slot x term 0/1 matrix while the vocabulary is small; None once it is not."""
+        """slot x term 0/1 matrix while the vocabulary is small; None once postings take over."""
 
     def reserve(self, capacity: int) -> None:
         self.counts = np.concatenate([self.counts, np.zeros(capacity - len(self.counts))])
@@ -63,6 +67,13 @@ class SparseTerms:
         if not vector:
             return
         pairs = self._pairs(vector)
+        row = self.rows[slot] = self._row(pairs)
+        self.counts[slot] = len(pairs)
+        if self._dense is not None:
+            if self._fits_dense():
+                self._dense[slot, row[0]] = 1.0
+            return
+        self._extend_postings()
         for term, weight in pairs:
             fill = self._fill[term]
             if fill == len(self._slots[term]):
@@ -72,42 +83,22 @@ class SparseTerms:
             self._weights[term][fill] = weight
             self._position[term][slot] = fill
             self._fill[term] = fill + 1
-        self.rows[slot] = self._row(pairs)
-        self.counts[slot] = len(pairs)
-        if self._dense is not None and self._fits_dense():
-            self._dense[slot, self.rows[slot][0]] = 1.0
 
     def set_many(self, slots: Sequence[int], vectors: Sequence[Mapping[_Term, float]]) -> None:
         """`set` for many slots: each term's postings grow once, not once per slot."""
-        postings: dict[int, tuple[list[int], list[float]]] = {}
+        filled = []
         for slot, vector in zip(slots, vectors, strict=True):
             if slot in self.rows:
                 self.clear(slot)
-            if not vector:
-                continue
-            pairs = self._pairs(vector)
-            self.rows[slot] = self._row(pairs)
-            for term, weight in pairs:
-                held_slots, held_weights = postings.setdefault(term, ([], []))
-                held_slots.append(slot)
-                held_weights.append(weight)
-        for term, (held_slots, held_weights) in postings.items():
-            fill = self._fill[term]
-            end = fill + len(held_slots)
-            if end > len(self._slots[term]):
-                # A quarter to spare, not double: a bulk fill is mostly a pool's final size.
-                capacity = end + end // 4 + 4
-                self._slots[term] = _grown(self._slots[term], fill, capacity)
-                self._weights[term] = _grown(self._weights[term], fill, capacity)
-            self._slots[term][fill:end] = held_slots
-            self._weights[term][fill:end] = held_weights
-            self._position[term].update(zip(held_slots, range(fill, end), strict=True))
-            self._fill[term] = end
-        filled = [slot for slot in slots if slot in self.rows]
+            if vector:
+                self.rows[slot] = self._row(self._pairs(vector))
+                filled.append(slot)
         if not filled:
             return
         self.counts[filled] = [len(self.rows[slot][0]) for slot in filled]
-        if self._dense is not None and self._fits_dense():
+        if self._dense is None:
+            self._post(filled)
+        elif self._fits_dense():
             rows = [slot for slot in filled for _ in self.rows[slot][0]]
             columns = [term for slot in filled for term in self.rows[slot][0]]
             self._dense[rows, columns] = 1.0
@@ -115,6 +106,10 @@ class SparseTerms:
     def clear(self, slot: int) -> None:
         row = self.rows.pop(slot, None)
         if row is None:
+            return
+        self.counts[slot] = 0
+        if self._dense is not None:
+            self._dense[slot, row[0]] = 0.0
             return
         for term in row[0]:
             at = self._position[term].pop(slot)
@@ -125,9 +120,6 @@ class SparseTerms:
                 self._weights[term][at] = self._weights[term][last]
                 self._position[term][moved] = at
             self._fill[term] = last
-        self.counts[slot] = 0
-        if self._dense is not None:
-            self._dense[slot, row[0]] = 0.0
 
     def dot(self, queries: Ints, width: int) -> Floats | None:
         """Sparse dot products of each query slot with every slot; None if nobody has terms.
@@ -177,11 +169,12 @@ class SparseTerms:
         return terms, ones
 
     def _fits_dense(self) -> bool:
-        """Make room for every term id in the dense matrix, or give it up for good."""
+        """Make room for every term id in the dense matrix, or give it up for postings for good."""
         assert self._dense is not None
-        terms = len(self._fill)
+        terms = len(self._ids)
         if terms > _DENSE_TERMS:
             self._dense = None
+            self._post(list(self.rows))
             return False
         columns = self._dense.shape[1]
         if terms > columns:
@@ -190,15 +183,42 @@ class SparseTerms:
             self._dense = np.concatenate([self._dense, extra], axis=1)
         return True
 
-    def _term_id(self, term: Hashable) -> int:
-        found = self._ids.get(term)
-        if found is None:
-            found = self._ids[term] = len(self._fill)
+    def _post(self, slots: Sequence[int]) -> None:
+        """Add the rows of `slots` (not posted yet) to their terms' postings, each term's once."""
+        self._extend_postings()
+        postings: dict[int, tuple[list[int], list[float]]] = {}
+        for slot in slots:
+            terms, weights = self.rows[slot]
+            for term, weight in zip(terms, weights, strict=True):
+                held_slots, held_weights = postings.setdefault(term, ([], []))
+                held_slots.append(slot)
+                held_weights.append(weight)
+        for term, (held_slots, held_weights) in postings.items():
+            fill = self._fill[term]
+            end = fill + len(held_slots)
+            if end > len(self._slots[term]):
+                # A quarter to spare, not double: a bulk fill is mostly a pool's final size.
+                capacity = end + end // 4 + 4
+                self._slots[term] = _grown(self._slots[term], fill, capacity)
+                self._weights[term] = _grown(self._weights[term], fill, capacity)
+            self._slots[term][fill:end] = held_slots
+            self._weights[term][fill:end] = held_weights
+            self._position[term].update(zip(held_slots, range(fill, end), strict=True))
+            self._fill[term] = end
+
+    def _extend_postings(self) -> None:
+        """Empty postings for the term ids given out since the last posting."""
+        for _ in range(len(self._fill), len(self._ids)):
             # Shared and empty, so never written: the first posting grows them (`_grown`).
             self._slots.append(_NO_SLOTS)
             self._weights.append(_NO_WEIGHTS)
             self._fill.append(0)
             self._position.append({})
+
+    def _term_id(self, term: Hashable) -> int:
+        found = self._ids.get(term)
+        if found is None:
+            found = self._ids[term] = len(self._ids)
         return found
 
 
