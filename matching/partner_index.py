@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,7 +125,9 @@ class _Bucket:
         if longest > self.ids.dtype.itemsize // 4:
             # Exactly as wide as needed: ids take four bytes per character in every slot.
             self.ids = self.ids.astype(f"U{longest}")
-        self.vectors.set_many(slots, [_scored_profile(request) for request in requests])
+        safe = [_safe(request) for request in requests]
+        profiles = [request.profile if ok else None for request, ok in zip(requests, safe)]
+        self.vectors.set_many(slots, profiles)
         for slot, request in zip(slots, requests, strict=True):
             self.requests[slot] = request
         at = np.array(slots, np.int64)
@@ -134,7 +136,7 @@ class _Bucket:
         self.ids[at] = [request.request_id for request in requests]
         self.alive[at] = True
         self.size += len(requests)
-        self.unsafe += sum(not _safe(request) for request in requests)
+        self.unsafe += safe.count(False)
         return slots
 
     def take(self, slot: int) -> None:
@@ -205,17 +207,18 @@ class PartnerIndex:
         self._located[request.request_id] = (bucket, bucket.put(request))
         self._by_user.setdefault(request.user_id, []).append(request.request_id)
 
-    def add_many(self, requests: Iterable[RequestState]) -> None:
-        """`add` for many requests with distinct ids, bucket by bucket (a pool indexed whole).
+    def add_buckets(self, buckets: Mapping[BucketKey, Mapping[str, RequestState]]) -> None:
+        """`add` for many requests with distinct ids, grouped by `bucket_key` (a pool indexed whole).
 
         At recovery this is most of rebuilding a large pool: one pass per bucket and
         feature instead of one per request (docs/performance.md, "Recovery and memory").
         """
-        grouped: dict[BucketKey, list[RequestState]] = {}
-        for request in requests:
-            self.remove(request.request_id)
-            grouped.setdefault(bucket_key(self.config, request), []).append(request)
-        for key, members in grouped.items():
+        for key, by_id in buckets.items():
+            if not by_id:
+                continue
+            for request_id in by_id:
+                self.remove(request_id)
+            members = list(by_id.values())
             bucket = self._bucket(key, members[0])
             for request, slot in zip(members, bucket.put_many(members), strict=True):
                 self._located[request.request_id] = (bucket, slot)

@@ -179,7 +179,7 @@ class PoolBook:
         if self.config.mode not in _INDEXED_MODES:
             return
         self.partners = PartnerIndex(config=self.config)
-        self.partners.add_many(self.waiting.values())
+        self.partners.add_buckets(self._buckets)
 
     def buckets_near(self, key: BucketKey, relaxable: frozenset[int]) -> Iterator[RequestState]:
         """Waiting requests whose bucket can agree with `key`.
