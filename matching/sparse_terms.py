@@ -66,15 +66,14 @@ class SparseTerms:
         self.clear(slot)
         if not vector:
             return
-        pairs = self._pairs(vector)
-        row = self.rows[slot] = self._row(pairs)
-        self.counts[slot] = len(pairs)
+        row = self.rows[slot] = self._row(vector)
+        self.counts[slot] = len(row[0])
         if self._dense is not None:
             if self._fits_dense():
                 self._dense[slot, row[0]] = 1.0
             return
         self._extend_postings()
-        for term, weight in pairs:
+        for term, weight in zip(*row, strict=True):
             fill = self._fill[term]
             if fill == len(self._slots[term]):
                 self._slots[term] = _grown(self._slots[term], fill, 2 * fill + 4)
@@ -91,7 +90,7 @@ class SparseTerms:
             if slot in self.rows:
                 self.clear(slot)
             if vector:
-                self.rows[slot] = self._row(self._pairs(vector))
+                self.rows[slot] = self._row(vector)
                 filled.append(slot)
         if not filled:
             return
@@ -148,25 +147,25 @@ class SparseTerms:
         ).astype(np.float64, copy=False)
         return summed.reshape(len(queries), width)
 
-    def _pairs(self, vector: Mapping[_Term, float]) -> list[tuple[int, float]]:
-        """(term id, weight) in term-id order; a term seen for the first time gets an id."""
+    def _row(self, vector: Mapping[_Term, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """Term ids in order and their weights; a term seen for the first time gets an id."""
         ids = self._ids
-        return sorted(
+        if self._binary:
+            terms = tuple(
+                sorted([ids[term] if term in ids else self._term_id(term) for term in vector])
+            )
+            # All ones: one shared tuple per length rather than one per slot.
+            ones = _ONES.get(len(terms))
+            if ones is None:
+                ones = _ONES[len(terms)] = (1.0,) * len(terms)
+            return terms, ones
+        pairs = sorted(
             [
                 (ids[term] if term in ids else self._term_id(term), weight)
                 for term, weight in vector.items()
             ]
         )
-
-    def _row(self, pairs: list[tuple[int, float]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        terms = tuple([term for term, _ in pairs])
-        if not self._binary:
-            return terms, tuple([weight for _, weight in pairs])
-        # All ones: one shared tuple per length rather than one per slot.
-        ones = _ONES.get(len(terms))
-        if ones is None:
-            ones = _ONES[len(terms)] = (1.0,) * len(terms)
-        return terms, ones
+        return tuple([term for term, _ in pairs]), tuple([weight for _, weight in pairs])
 
     def _fits_dense(self) -> bool:
         """Make room for every term id in the dense matrix, or give it up for postings for good."""
