@@ -22,7 +22,9 @@ from matching.arrays import Floats, Ints
 
 __all__ = ["SparseTerms"]
 
-_NO_TERMS: tuple[tuple[int, ...], tuple[float, ...]] = ((), ())
+_Row = tuple[tuple[int, ...], tuple[float, ...]]
+"""A slot's term ids in order and their weights; tuples, as a slot's terms change only as a whole."""
+_NO_TERMS: _Row = ((), ())
 _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
 _Term = TypeVar("_Term", bound=Hashable)
@@ -47,9 +49,11 @@ class SparseTerms:
         self._fill: list[int] = []
         self._position: list[dict[int, int]] = []
         """Per term: its slots, their weights, how many, where each slot is (postings only)."""
-        self.rows: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
-        """Each slot's term ids and weights; tuples, as a slot's terms change only as a whole."""
+        self._rows: dict[int, _Row] = {}
+        """Each slot's term ids and weights (postings only; the dense matrix holds them otherwise)."""
         self.counts: Floats = np.zeros(0)
+        """Terms per slot; 0 = the slot holds nothing."""
+        self._holders = 0
         self._dense: npt.NDArray[np.float32] | None = (
             np.zeros((0, 8), np.float32) if binary else None
         )
@@ -66,12 +70,15 @@ class SparseTerms:
         self.clear(slot)
         if not vector:
             return
-        row = self.rows[slot] = self._row(vector)
-        self.counts[slot] = len(row[0])
+        self._holders += 1
         if self._dense is not None:
+            terms = self._term_ids(vector)
+            self.counts[slot] = len(terms)
             if self._fits_dense():
-                self._dense[slot, row[0]] = 1.0
-            return
+                self._dense[slot, terms] = 1.0
+                return
+        row = self._rows[slot] = self._row(vector)
+        self.counts[slot] = len(row[0])
         self._extend_postings()
         for term, weight in zip(*row, strict=True):
             fill = self._fill[term]
@@ -84,33 +91,35 @@ class SparseTerms:
             self._fill[term] = fill + 1
 
     def set_many(self, slots: Sequence[int], vectors: Sequence[Mapping[_Term, float]]) -> None:
-        """`set` for many slots: each term's postings grow once, not once per slot."""
-        filled = []
-        for slot, vector in zip(slots, vectors, strict=True):
-            if slot in self.rows:
-                self.clear(slot)
-            if vector:
-                self.rows[slot] = self._row(vector)
-                filled.append(slot)
-        if not filled:
+        """`set` for many distinct slots: each term's postings grow once, not once per slot."""
+        for slot in slots:
+            self.clear(slot)
+        present = [(slot, vector) for slot, vector in zip(slots, vectors, strict=True) if vector]
+        if not present:
             return
-        self.counts[filled] = [len(self.rows[slot][0]) for slot in filled]
-        if self._dense is None:
-            self._post(filled)
-        elif self._fits_dense():
-            rows = [slot for slot in filled for _ in self.rows[slot][0]]
-            columns = [term for slot in filled for term in self.rows[slot][0]]
-            self._dense[rows, columns] = 1.0
+        filled = [slot for slot, _ in present]
+        self._holders += len(present)
+        if self._dense is not None:
+            rows = [self._term_ids(vector) for _, vector in present]
+            self.counts[filled] = [len(terms) for terms in rows]
+            if self._fits_dense():
+                at = [slot for slot, terms in zip(filled, rows, strict=True) for _ in terms]
+                self._dense[at, [term for terms in rows for term in terms]] = 1.0
+                return
+        for slot, vector in present:
+            self._rows[slot] = self._row(vector)
+        self.counts[filled] = [len(self._rows[slot][0]) for slot in filled]
+        self._post(filled)
 
     def clear(self, slot: int) -> None:
-        row = self.rows.pop(slot, None)
-        if row is None:
+        if not self.counts[slot]:
             return
         self.counts[slot] = 0
+        self._holders -= 1
         if self._dense is not None:
-            self._dense[slot, row[0]] = 0.0
+            self._dense[slot] = 0.0
             return
-        for term in row[0]:
+        for term in self._rows.pop(slot)[0]:
             at = self._position[term].pop(slot)
             last = self._fill[term] - 1
             if at != last:
@@ -126,7 +135,7 @@ class SparseTerms:
         Each cell sums its terms in term-id order, whichever side asks, so the result
         is exactly symmetric.
         """
-        if not self.rows:
+        if not self._holders:
             return None
         if self._dense is not None:
             products = self._dense[queries] @ self._dense[:width].T
@@ -134,7 +143,7 @@ class SparseTerms:
         cells: list[Ints] = []
         values: list[Floats] = []
         for row, slot in enumerate(queries.tolist()):
-            terms, weights = self.rows.get(slot, _NO_TERMS)
+            terms, weights = self._rows.get(slot, _NO_TERMS)
             for term, weight in zip(terms, weights, strict=True):
                 fill = self._fill[term]
                 cells.append(self._slots[term][:fill] + row * width)
@@ -147,18 +156,12 @@ class SparseTerms:
         ).astype(np.float64, copy=False)
         return summed.reshape(len(queries), width)
 
-    def _row(self, vector: Mapping[_Term, float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    def _row(self, vector: Mapping[_Term, float]) -> _Row:
         """Term ids in order and their weights; a term seen for the first time gets an id."""
         ids = self._ids
         if self._binary:
-            terms = tuple(
-                sorted([ids[term] if term in ids else self._term_id(term) for term in vector])
-            )
-            # All ones: one shared tuple per length rather than one per slot.
-            ones = _ONES.get(len(terms))
-            if ones is None:
-                ones = _ONES[len(terms)] = (1.0,) * len(terms)
-            return terms, ones
+            terms = tuple(sorted(self._term_ids(vector)))
+            return terms, _ones(len(terms))
         pairs = sorted(
             [
                 (ids[term] if term in ids else self._term_id(term), weight)
@@ -167,13 +170,16 @@ class SparseTerms:
         )
         return tuple([term for term, _ in pairs]), tuple([weight for _, weight in pairs])
 
+    def _term_ids(self, vector: Mapping[_Term, float]) -> list[int]:
+        ids = self._ids
+        return [ids[term] if term in ids else self._term_id(term) for term in vector]
+
     def _fits_dense(self) -> bool:
         """Make room for every term id in the dense matrix, or give it up for postings for good."""
         assert self._dense is not None
         terms = len(self._ids)
         if terms > _DENSE_TERMS:
-            self._dense = None
-            self._post(list(self.rows))
+            self._to_postings()
             return False
         columns = self._dense.shape[1]
         if terms > columns:
@@ -182,12 +188,27 @@ class SparseTerms:
             self._dense = np.concatenate([self._dense, extra], axis=1)
         return True
 
+    def _to_postings(self) -> None:
+        """Rows and postings from the dense matrix, which is dropped."""
+        assert self._dense is not None
+        holders, terms = np.nonzero(self._dense)  # by slot, then term: each row in term order
+        self._dense = None
+        if not len(holders):
+            return
+        starts = np.flatnonzero(np.diff(holders)) + 1
+        for slot, row_terms in zip(
+            holders[np.r_[0, starts]].tolist(), np.split(terms, starts), strict=True
+        ):
+            ids = tuple(row_terms.tolist())
+            self._rows[slot] = (ids, _ones(len(ids)))
+        self._post(list(self._rows))
+
     def _post(self, slots: Sequence[int]) -> None:
         """Add the rows of `slots` (not posted yet) to their terms' postings, each term's once."""
         self._extend_postings()
         postings: dict[int, tuple[list[int], list[float]]] = {}
         for slot in slots:
-            terms, weights = self.rows[slot]
+            terms, weights = self._rows[slot]
             for term, weight in zip(terms, weights, strict=True):
                 held_slots, held_weights = postings.setdefault(term, ([], []))
                 held_slots.append(slot)
@@ -219,6 +240,14 @@ class SparseTerms:
         if found is None:
             found = self._ids[term] = len(self._ids)
         return found
+
+
+def _ones(count: int) -> tuple[float, ...]:
+    """Weights of a binary row: one shared tuple per length rather than one per slot."""
+    ones = _ONES.get(count)
+    if ones is None:
+        ones = _ONES[count] = (1.0,) * count
+    return ones
 
 
 _Array = TypeVar("_Array", Ints, Floats)

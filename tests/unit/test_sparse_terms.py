@@ -53,3 +53,24 @@ def test_filling_many_slots_at_once_gives_the_products_of_filling_one_by_one(mon
             feature.clear(7)
             feature.set(8, {"t1": 1.0, "t9": 1.0})
         assert np.array_equal(at_once.dot(queries, 40), one_by_one.dot(queries, 40))
+
+
+def test_a_bulk_fill_that_outgrows_the_dense_matrix_keeps_every_slot(monkeypatch) -> None:
+    monkeypatch.setattr(sparse_terms, "_DENSE_TERMS", 12)
+    rng = np.random.default_rng(11)
+    first = [list(rng.choice([f"t{n}" for n in range(10)], 3, replace=False)) for _ in range(20)]
+    second = [list(rng.choice([f"u{n}" for n in range(10)], 2, replace=False)) for _ in range(20)]
+    queries = np.arange(40, dtype=np.int64)
+    binary, weighted = SparseTerms(binary=True), SparseTerms()
+    for feature in (binary, weighted):
+        feature.reserve(40)
+        feature.set_many(range(20), [dict.fromkeys(terms, 1.0) for terms in first])
+        feature.clear(4)
+    assert binary._dense is not None
+
+    for feature in (binary, weighted):
+        feature.set_many(range(20, 40), [dict.fromkeys(terms, 1.0) for terms in second])
+    assert binary._dense is None
+    assert np.array_equal(binary.dot(queries, 40), weighted.dot(queries, 40))
+    assert np.array_equal(binary.counts, weighted.counts)
+    assert binary.counts[4] == 0
