@@ -39,6 +39,7 @@ from models.state import (
     RecommendationState,
     RequestState,
     StateRecord,
+    share_repeated_values,
     state_key,
 )
 
@@ -321,7 +322,7 @@ class MatchEngine:
 
     def _new_request(self, book: PoolBook, message: MatchRequest, now: float) -> RequestState:
         ttl = message.ttl_s if message.ttl_s is not None else book.config.request_ttl_s
-        return RequestState(
+        request = RequestState(
             partition=book.partition,
             changed_at=now,
             request_id=message.request_id,
@@ -336,6 +337,8 @@ class MatchEngine:
             expires_at=None if ttl is None else now + ttl,
             created_at=None if message.created_at is None else message.created_at.isoformat(),
         )
+        share_repeated_values(request)
+        return request
 
     def _refuse(self, book: PoolBook, request: RequestState, reason: str, now: float) -> Effects:
         book.known_requests.add(request.request_id)

@@ -9,12 +9,13 @@ is durable.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.messages import (
     Criteria,
+    CriterionValue,
     MatchFound,
     MatchRecommendations,
     MatchStatus,
@@ -37,6 +38,7 @@ __all__ = [
     "decode_state",
     "mark_key",
     "profile_key",
+    "share_repeated_values",
     "state_key",
 ]
 
@@ -196,6 +198,10 @@ _ANY_RECORD: TypeAdapter[StateRecord] = TypeAdapter(
     Annotated[StateRecord, Field(discriminator="kind")]
 )
 _EVERY_FIELD: dict[type[BaseModel], set[str]] = {}
+_SHARED_LIMIT = 1 << 16
+"""Distinct criteria, attribute and list values kept for sharing (a few MB at most)."""
+_SHARED: dict[tuple[object, ...], object] = {}
+_Container = TypeVar("_Container", dict[str, CriterionValue], list[str])
 
 
 def decode_state(raw: bytes) -> StateRecord:
@@ -209,9 +215,50 @@ def decode_state(raw: bytes) -> StateRecord:
     """
     record = _ANY_RECORD.validate_json(raw)
     _share_field_set(record)
-    if isinstance(record, RequestState) and record.profile is not None:
-        _share_field_set(record.profile)
+    if isinstance(record, RequestState):
+        share_repeated_values(record)
+    elif isinstance(record, ProfileState):
+        _share_profile_values(record.profile)
     return record
+
+
+def share_repeated_values(request: RequestState) -> None:
+    """Point a request's criteria and profile lists and dicts at equal ones already held.
+
+    Many requests carry the same criteria, attribute sets, interest lists or none at
+    all; one object for each distinct value saves a few hundred bytes per waiting
+    request. Nothing changes these containers in place (`model_copy` shares them
+    already), so sharing them is safe. At most `_SHARED_LIMIT` distinct values are
+    kept; after that, requests keep their own.
+    """
+    request.__dict__["criteria"] = _shared(request.criteria)
+    if request.profile is not None:
+        _share_field_set(request.profile)
+        _share_profile_values(request.profile)
+
+
+def _share_profile_values(profile: Profile) -> None:
+    fields = profile.__dict__  # the model is frozen; its field values are only replaced by equals
+    for name in ("interests", "attributes", "facts", "opinions"):
+        fields[name] = _shared(fields[name])
+
+
+def _shared(value: _Container) -> _Container:
+    if isinstance(value, dict):
+        # Typed, and floats by their bits: `1`, `1.0` and `true` (or `0.0` and `-0.0`)
+        # are equal in Python, not in JSON.
+        key: tuple[object, ...] = (
+            "dict",
+            *[(k, type(v), v.hex() if isinstance(v, float) else v) for k, v in value.items()],
+        )
+    else:
+        key = ("list", *value)  # strings only
+    found = _SHARED.get(key)
+    if found is None:
+        if len(_SHARED) < _SHARED_LIMIT:
+            _SHARED[key] = value
+        return value
+    return cast(_Container, found)
 
 
 def _share_field_set(model: BaseModel) -> None:

@@ -65,3 +65,24 @@ def test_decoded_requests_share_a_field_set_that_no_change_leaks_through() -> No
     assert first.model_fields_set == set(RequestState.model_fields)
     assert dumps(first) == dumps(_request(1))
     assert decode_state(dumps(changed)).status == "cancelled"
+
+
+def test_decoded_requests_share_equal_criteria_and_profile_values_only() -> None:
+    first, second = (decode_state(dumps(_request(number))) for number in (1, 2))
+
+    assert first.criteria is second.criteria
+    assert first.profile is not None and second.profile is not None
+    assert first.profile.interests is second.profile.interests
+    assert first.profile.attributes is second.profile.attributes
+    assert first.profile.facts is second.profile.facts
+    assert decode_state(dumps(first)) == first
+
+    # Equal in Python, different in JSON: each keeps its own value.
+    values: list[object] = [1, 1.0, True, 0.0, -0.0]
+    decoded = [
+        decode_state(dumps(_request(3).model_copy(update={"criteria": {"k": value}})))
+        for value in values
+    ]
+    assert [request.criteria["k"] for request in decoded] == values
+    assert [type(request.criteria["k"]) for request in decoded] == [int, float, bool, float, float]
+    assert str(decoded[4].criteria["k"]) == "-0.0"
