@@ -6,7 +6,7 @@ A 0/1 feature with a small vocabulary (interests from a list, attribute keys) is
 as a dense matrix instead: when popular terms are held by thousands of users, one
 matrix product is far cheaper than gathering their postings, and filling a row is
 far cheaper than growing a posting list per term (most of rebuilding an index at
-recovery, docs/performance.md). The postings are built from the rows the moment the
+recovery, docs/performance.md). The postings are built from the matrix the moment the
 vocabulary outgrows the matrix.
 """
 
