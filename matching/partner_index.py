@@ -116,11 +116,9 @@ class _Bucket:
             else:
                 slots.append(len(self.requests))
                 self.requests.append(None)
-        capacity = len(self.alive)
-        while capacity < len(self.requests):
-            capacity *= 2
-        if capacity > len(self.alive):
-            self._grow(capacity)
+        if len(self.requests) > len(self.alive):
+            # An eighth to spare, not double: a bulk fill is mostly a bucket's final size.
+            self._grow(len(self.requests) + len(self.requests) // 8)
         longest = max(len(request.request_id) for request in requests)
         if longest > self.ids.dtype.itemsize // 4:
             # Exactly as wide as needed: ids take four bytes per character in every slot.

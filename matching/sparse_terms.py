@@ -55,7 +55,7 @@ class SparseTerms:
         """Terms per slot; 0 = the slot holds nothing."""
         self._holders = 0
         self._dense: npt.NDArray[np.float32] | None = (
-            np.zeros((0, 8), np.float32) if binary else None
+            np.zeros((0, 0), np.float32) if binary else None
         )
         """slot x term 0/1 matrix while the vocabulary is small; None once postings take over."""
 
