@@ -64,6 +64,7 @@ async def prefill_changelog(
         await asyncio.wait_for(consumer.start(), timeout_s)
     except (KafkaError, TimeoutError, OSError) as exc:
         log.warning("changelog prefill skipped: broker unreachable error=%r", exc)
+        await consumer.stop()  # a half-started client still holds connections and tasks
         return None
     try:
         report = await asyncio.wait_for(_fill(consumer, store, topic, partitions), timeout_s)
