@@ -3,10 +3,12 @@
 Each user (a slot) has weighted terms; each term keeps the slots that hold it, so
 the dot products of a few users with everyone cost only the postings of their terms.
 A 0/1 feature with a small vocabulary (interests from a list, attribute keys) is kept
-as a dense matrix instead: when popular terms are held by thousands of users, one
-matrix product is far cheaper than gathering their postings, and filling a row is
-far cheaper than growing a posting list per term (most of rebuilding an index at
-recovery, docs/performance.md). The postings are built from the matrix the moment the
+as a dense term x slot matrix of bytes instead: when popular terms are held by
+thousands of users, one matrix product is far cheaper than gathering their postings,
+and filling a cell is far cheaper than growing a posting list per term (most of
+rebuilding an index at recovery, docs/performance.md). A byte per cell, not a float,
+as the matrix is most of an index's memory; a product widens only the rows of the
+terms its queries hold. The postings are built from the matrix the moment the
 vocabulary outgrows the matrix.
 """
 
@@ -27,6 +29,7 @@ _Row = tuple[tuple[int, ...], tuple[float, ...]]
 _NO_TERMS: _Row = ((), ())
 _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
+_Cells = npt.NDArray[np.uint8]
 _Term = TypeVar("_Term", bound=Hashable)
 _ONES: dict[int, tuple[float, ...]] = {}
 _NO_SLOTS: Ints = np.zeros(0, np.int64)
@@ -54,17 +57,15 @@ class SparseTerms:
         self.counts: Floats = np.zeros(0)
         """Terms per slot; 0 = the slot holds nothing."""
         self._holders = 0
-        self._dense: npt.NDArray[np.float32] | None = (
-            np.zeros((0, 0), np.float32) if binary else None
-        )
-        """slot x term 0/1 matrix while the vocabulary is small; None once postings take over."""
+        self._dense: _Cells | None = np.zeros((0, 0), np.uint8) if binary else None
+        """term x slot 0/1 matrix while the vocabulary is small; None once postings take over."""
 
     def reserve(self, capacity: int) -> None:
         self.counts = np.concatenate([self.counts, np.zeros(capacity - len(self.counts))])
         if self._dense is not None:
-            grow = capacity - len(self._dense)
-            extra = np.zeros((grow, self._dense.shape[1]), np.float32)
-            self._dense = np.concatenate([self._dense, extra])
+            grow = capacity - self._dense.shape[1]
+            extra = np.zeros((len(self._dense), grow), np.uint8)
+            self._dense = np.concatenate([self._dense, extra], axis=1)
 
     def set(self, slot: int, vector: Mapping[_Term, float]) -> None:
         self.clear(slot)
@@ -75,7 +76,7 @@ class SparseTerms:
             terms = self._term_ids(vector)
             self.counts[slot] = len(terms)
             if self._fits_dense():
-                self._dense[slot, terms] = 1.0
+                self._dense[terms, slot] = 1
                 return
         row = self._rows[slot] = self._row(vector)
         self.counts[slot] = len(row[0])
@@ -104,7 +105,7 @@ class SparseTerms:
             self.counts[filled] = [len(terms) for terms in rows]
             if self._fits_dense():
                 at = [slot for slot, terms in zip(filled, rows, strict=True) for _ in terms]
-                self._dense[at, [term for terms in rows for term in terms]] = 1.0
+                self._dense[[term for terms in rows for term in terms], at] = 1
                 return
         for slot, vector in present:
             self._rows[slot] = self._row(vector)
@@ -117,7 +118,7 @@ class SparseTerms:
         self.counts[slot] = 0
         self._holders -= 1
         if self._dense is not None:
-            self._dense[slot] = 0.0
+            self._dense[:, slot] = 0
             return
         for term in self._rows.pop(slot)[0]:
             at = self._position[term].pop(slot)
@@ -138,7 +139,11 @@ class SparseTerms:
         if not self._holders:
             return None
         if self._dense is not None:
-            products = self._dense[queries] @ self._dense[:width].T
+            asked = self._dense[:, queries]
+            held = np.flatnonzero(asked.any(axis=1))
+            products = asked[held].T.astype(np.float32) @ self._dense[held, :width].astype(
+                np.float32
+            )
             return products.astype(np.float64)
         cells: list[Ints] = []
         values: list[Floats] = []
@@ -181,17 +186,17 @@ class SparseTerms:
         if terms > _DENSE_TERMS:
             self._to_postings()
             return False
-        columns = self._dense.shape[1]
-        if terms > columns:
-            wider = min(_DENSE_TERMS, max(terms, 2 * columns))
-            extra = np.zeros((len(self._dense), wider - columns), np.float32)
-            self._dense = np.concatenate([self._dense, extra], axis=1)
+        room = len(self._dense)
+        if terms > room:
+            taller = min(_DENSE_TERMS, max(terms, 2 * room))
+            extra = np.zeros((taller - room, self._dense.shape[1]), np.uint8)
+            self._dense = np.concatenate([self._dense, extra])
         return True
 
     def _to_postings(self) -> None:
         """Rows and postings from the dense matrix, which is dropped."""
         assert self._dense is not None
-        holders, terms = np.nonzero(self._dense)  # by slot, then term: each row in term order
+        holders, terms = np.nonzero(self._dense.T)  # by slot, then term: each row in term order
         self._dense = None
         if not len(holders):
             return
