@@ -13,6 +13,7 @@ same whichever path computed it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -295,5 +296,9 @@ class ProfileVectors:
 
 
 def _interests(profile: Profile) -> set[str]:
-    """Interests compared case-insensitively, blanks left out, as `matching.scoring` does."""
-    return {item.strip().lower() for item in profile.interests if item.strip()}
+    """Interests compared case-insensitively, blanks left out, as `matching.scoring` does.
+
+    Interned: each criteria bucket keeps its own vocabulary, and without it every
+    bucket would hold its own copy of each lowered interest.
+    """
+    return {sys.intern(item.strip().lower()) for item in profile.interests if item.strip()}
