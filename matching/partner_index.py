@@ -189,8 +189,10 @@ class PartnerIndex:
         self.config = config
         self._buckets: dict[BucketKey, _Bucket] = {}
         self._located: dict[str, tuple[_Bucket, int]] = {}
-        self._by_user: dict[str, list[str]] = {}
-        """Request ids by user; a list, as a user rarely has more than one waiting."""
+        self._by_user: dict[str, str | list[str]] = {}
+        """Each user's waiting request id, or ids when they have more than one (rare: the
+        engine replaces a user's request with their newer one). A list each would cost
+        80 bytes per waiting request."""
         self._by_value: list[dict[object, set[BucketKey]]] = [{} for _ in config.match_on]
         weights = [weight for weight in config.weights.values() if weight > 0]
         self._usable = all(_SAFE_RANGE[0] <= weight <= _SAFE_RANGE[1] for weight in weights)
@@ -203,7 +205,7 @@ class PartnerIndex:
         key = bucket_key(self.config, request)
         bucket = self._bucket(key, request)
         self._located[request.request_id] = (bucket, bucket.put(request))
-        self._by_user.setdefault(request.user_id, []).append(request.request_id)
+        self._add_to_user(request)
 
     def add_buckets(self, buckets: Mapping[BucketKey, Mapping[str, RequestState]]) -> None:
         """`add` for many requests with distinct ids, grouped by `bucket_key` (a pool indexed whole).
@@ -220,7 +222,7 @@ class PartnerIndex:
             bucket = self._bucket(key, members[0])
             for request, slot in zip(members, bucket.put_many(members), strict=True):
                 self._located[request.request_id] = (bucket, slot)
-                self._by_user.setdefault(request.user_id, []).append(request.request_id)
+                self._add_to_user(request)
 
     def _bucket(self, key: BucketKey, member: RequestState) -> _Bucket:
         """The bucket of `key`, made for `member` if it does not exist yet."""
@@ -242,10 +244,13 @@ class PartnerIndex:
         request = bucket.requests[slot]
         assert request is not None
         bucket.take(slot)
-        same_user = self._by_user[request.user_id]
-        same_user.remove(request_id)
-        if not same_user:
+        held = self._by_user[request.user_id]
+        if isinstance(held, str):
             del self._by_user[request.user_id]
+        else:
+            held.remove(request_id)
+            if len(held) == 1:
+                self._by_user[request.user_id] = held[0]
         if bucket.size == 0:
             key = bucket_key(self.config, request)
             del self._buckets[key]
@@ -254,6 +259,20 @@ class PartnerIndex:
                 keys.discard(key)
                 if not keys:
                     del self._by_value[position][value]
+
+    def _add_to_user(self, request: RequestState) -> None:
+        held = self._by_user.get(request.user_id)
+        if held is None:
+            self._by_user[request.user_id] = request.request_id
+        elif isinstance(held, str):
+            self._by_user[request.user_id] = [held, request.request_id]
+        else:
+            held.append(request.request_id)
+
+    def user_requests(self, user_id: str) -> Sequence[str]:
+        """Ids of the user's waiting requests."""
+        held = self._by_user.get(user_id, ())
+        return (held,) if isinstance(held, str) else held
 
     def search(self, newcomer: RequestState, now: float, *, at_least: int = 0) -> Search | None:
         """Score the newcomer against every waiting request that can agree with it now.
@@ -332,7 +351,7 @@ class Search:
         """`chaos` times each candidate's draw."""
         self._slack = 1e-6
         """Bound on |approximate - exact score|, rounding to 6 decimals included."""
-        own_slots = [index._located[rid] for rid in index._by_user.get(newcomer.user_id, ())]
+        own_slots = [index._located[rid] for rid in index.user_requests(newcomer.user_id)]
         owners, columns, approx = [], [], []
         for bucket, wait in buckets:
             width = len(bucket.requests)
