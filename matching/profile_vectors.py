@@ -290,7 +290,7 @@ class ProfileVectors:
         comparable = (mine > 0) & (theirs > 0)
         if part != "interests":
             return np.clip(shared, 0.0, 1.0, out=shared), comparable
-        union = mine + theirs
+        union = np.add(mine, theirs, dtype=np.float64)
         union -= shared
         return np.divide(shared, union, out=shared, where=comparable), comparable
 

@@ -30,6 +30,8 @@ _NO_TERMS: _Row = ((), ())
 _DENSE_TERMS = 256
 """Largest vocabulary kept dense; 0/1 counts up to this are exact in float32."""
 _Cells = npt.NDArray[np.uint8]
+_Counts = npt.NDArray[np.int32]
+"""Terms per slot: four bytes, not a float's eight, in each of a bucket's features."""
 _Term = TypeVar("_Term", bound=Hashable)
 _ONES: dict[int, tuple[float, ...]] = {}
 _NO_SLOTS: Ints = np.zeros(0, np.int64)
@@ -54,14 +56,14 @@ class SparseTerms:
         """Per term: its slots, their weights, how many, where each slot is (postings only)."""
         self._rows: dict[int, _Row] = {}
         """Each slot's term ids and weights (postings only; the dense matrix holds them otherwise)."""
-        self.counts: Floats = np.zeros(0)
+        self.counts: _Counts = np.zeros(0, np.int32)
         """Terms per slot; 0 = the slot holds nothing."""
         self._holders = 0
         self._dense: _Cells | None = np.zeros((0, 0), np.uint8) if binary else None
         """term x slot 0/1 matrix while the vocabulary is small; None once postings take over."""
 
     def reserve(self, capacity: int) -> None:
-        self.counts = np.concatenate([self.counts, np.zeros(capacity - len(self.counts))])
+        self.counts = np.concatenate([self.counts, np.zeros(capacity - len(self.counts), np.int32)])
         if self._dense is not None:
             grow = capacity - self._dense.shape[1]
             extra = np.zeros((len(self._dense), grow), np.uint8)
