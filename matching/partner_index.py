@@ -54,6 +54,9 @@ _SAFE_LARGEST = (1e-40, 1e40)
 """Largest |embedding value| (unless all are 0) for which the same holds."""
 _SIMILAR_COSINE = 0.5
 """`score_pair` gives the embedding's reason from this cosine on."""
+_SLOT_BITS = 32
+"""Low bits of a located request: its slot (a bucket holds far fewer than 2**32)."""
+_SLOT_MASK = (1 << _SLOT_BITS) - 1
 
 
 def same_criterion(mine: CriterionValue, theirs: CriterionValue) -> bool:
@@ -78,6 +81,8 @@ class _Bucket:
 
     values: tuple[CriterionValue, ...]
     vectors: ProfileVectors
+    number: int
+    """Its number in `PartnerIndex`, which locates requests by number and slot."""
     requests: list[RequestState | None] = field(default_factory=lambda: [None])
     queued_at: Floats = field(default_factory=lambda: np.zeros(1))
     priority: Ints = field(default_factory=lambda: np.zeros(1, np.int64))
@@ -188,7 +193,11 @@ class PartnerIndex:
     def __init__(self, *, config: PoolConfig) -> None:
         self.config = config
         self._buckets: dict[BucketKey, _Bucket] = {}
-        self._located: dict[str, tuple[_Bucket, int]] = {}
+        self._located: dict[str, int] = {}
+        """Each request's bucket number and slot as one int (`_SLOT_BITS`): a (bucket,
+        slot) tuple would cost 72 bytes more per waiting request."""
+        self._numbered: dict[int, _Bucket] = {}
+        self._next_number = 0
         self._by_user: dict[str, str | list[str]] = {}
         """Each user's waiting request id, or ids when they have more than one (rare: the
         engine replaces a user's request with their newer one). A list each would cost
@@ -204,7 +213,7 @@ class PartnerIndex:
         self.remove(request.request_id)
         key = bucket_key(self.config, request)
         bucket = self._bucket(key, request)
-        self._located[request.request_id] = (bucket, bucket.put(request))
+        self._located[request.request_id] = bucket.number << _SLOT_BITS | bucket.put(request)
         self._add_to_user(request)
 
     def add_buckets(self, buckets: Mapping[BucketKey, Mapping[str, RequestState]]) -> None:
@@ -220,8 +229,9 @@ class PartnerIndex:
                 self.remove(request_id)
             members = list(by_id.values())
             bucket = self._bucket(key, members[0])
+            at = bucket.number << _SLOT_BITS
             for request, slot in zip(members, bucket.put_many(members), strict=True):
-                self._located[request.request_id] = (bucket, slot)
+                self._located[request.request_id] = at | slot
                 self._add_to_user(request)
 
     def _bucket(self, key: BucketKey, member: RequestState) -> _Bucket:
@@ -231,16 +241,18 @@ class PartnerIndex:
             values = tuple(member.criteria.get(name) for name in self.config.match_on)
             vectors = ProfileVectors(self.config.weights, TfIdfModel())
             vectors.reserve(1)
-            bucket = self._buckets[key] = _Bucket(values=values, vectors=vectors)
+            bucket = _Bucket(values=values, vectors=vectors, number=self._next_number)
+            self._buckets[key] = self._numbered[bucket.number] = bucket
+            self._next_number += 1
             for position, value in enumerate(key):
                 self._by_value[position].setdefault(value, set()).add(key)
         return bucket
 
     def remove(self, request_id: str) -> None:
-        located = self._located.pop(request_id, None)
-        if located is None:
+        if request_id not in self._located:
             return
-        bucket, slot = located
+        bucket, slot = self.locate(request_id)
+        del self._located[request_id]
         request = bucket.requests[slot]
         assert request is not None
         bucket.take(slot)
@@ -254,6 +266,7 @@ class PartnerIndex:
         if bucket.size == 0:
             key = bucket_key(self.config, request)
             del self._buckets[key]
+            del self._numbered[bucket.number]
             for position, value in enumerate(key):
                 keys = self._by_value[position][value]
                 keys.discard(key)
@@ -268,6 +281,11 @@ class PartnerIndex:
             self._by_user[request.user_id] = [held, request.request_id]
         else:
             held.append(request.request_id)
+
+    def locate(self, request_id: str) -> tuple[_Bucket, int]:
+        """The bucket and slot of a waiting request."""
+        located = self._located[request_id]
+        return self._numbered[located >> _SLOT_BITS], located & _SLOT_MASK
 
     def user_requests(self, user_id: str) -> Sequence[str]:
         """Ids of the user's waiting requests."""
@@ -351,7 +369,7 @@ class Search:
         """`chaos` times each candidate's draw."""
         self._slack = 1e-6
         """Bound on |approximate - exact score|, rounding to 6 decimals included."""
-        own_slots = [index._located[rid] for rid in index.user_requests(newcomer.user_id)]
+        own_slots = [index.locate(rid) for rid in index.user_requests(newcomer.user_id)]
         owners, columns, approx = [], [], []
         for bucket, wait in buckets:
             width = len(bucket.requests)
@@ -419,7 +437,7 @@ class Search:
         The reasons come from `ProfileVectors.reasons`, worded as `score_pair` words
         them, unless the cosine it prints is within 1e-9 of where its wording changes.
         """
-        bucket, slot = self._index._located[candidate.request_id]
+        bucket, slot = self._index.locate(candidate.request_id)
         vectors = bucket.vectors
         cosine = vectors.embeddings.cosine(0, slot) if EMBEDDING in vectors.weights else None
         if cosine is not None and (
