@@ -102,12 +102,10 @@ class MatchEngine:
             elif isinstance(record, ProfileState):
                 profiles.append(record)
         self.profiles.load(profiles)
-        seen: set[tuple[str, str]] = set()
         for request in sorted(requests, key=lambda item: item.queued_at):
             book = self._book(request.pool_id, request.partition)
             book.index_deferred = True
             book.known_requests.add(request.request_id)
-            seen.add((request.pool_id, request.request_id))
             if request.profile_only:
                 request = request.model_copy(update={"profile_only": False})
             if request.active:
@@ -121,7 +119,9 @@ class MatchEngine:
             elif request.active:
                 book.add_waiting(request)
         for (pool_id, request_id), match in taken.items():
-            if (pool_id, request_id) not in seen:
+            # The books were emptied above, so a book knows exactly the requests loaded.
+            known = self.pools.get(pool_id)
+            if known is None or request_id not in known.known_requests:
                 self._book(pool_id, match.partition).unrecorded[request_id] = match
         for book in self.pools.values():
             book.index_now()
