@@ -256,13 +256,7 @@ class PartnerIndex:
         request = bucket.requests[slot]
         assert request is not None
         bucket.take(slot)
-        held = self._by_user[request.user_id]
-        if isinstance(held, str):
-            del self._by_user[request.user_id]
-        else:
-            held.remove(request_id)
-            if len(held) == 1:
-                self._by_user[request.user_id] = held[0]
+        self._remove_from_user(request)
         if bucket.size == 0:
             key = bucket_key(self.config, request)
             del self._buckets[key]
@@ -281,6 +275,15 @@ class PartnerIndex:
             self._by_user[request.user_id] = [held, request.request_id]
         else:
             held.append(request.request_id)
+
+    def _remove_from_user(self, request: RequestState) -> None:
+        held = self._by_user[request.user_id]
+        if isinstance(held, str):
+            del self._by_user[request.user_id]
+        else:
+            held.remove(request.request_id)
+            if len(held) == 1:
+                self._by_user[request.user_id] = held[0]
 
     def locate(self, request_id: str) -> tuple[_Bucket, int]:
         """The bucket and slot of a waiting request."""

@@ -142,11 +142,10 @@ class SparseTerms:
             return None
         if self._dense is not None:
             asked = self._dense[:, queries]
-            held = np.flatnonzero(asked.any(axis=1))
-            products = asked[held].T.astype(np.float32) @ self._dense[held, :width].astype(
-                np.float32
-            )
-            return products.astype(np.float64)
+            held = np.flatnonzero(asked.any(axis=1))  # other terms add nothing to a product
+            mine = asked[held].T.astype(np.float32)
+            everyone = self._dense[held, :width].astype(np.float32)
+            return (mine @ everyone).astype(np.float64)
         cells: list[Ints] = []
         values: list[Floats] = []
         for row, slot in enumerate(queries.tolist()):
