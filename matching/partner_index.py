@@ -249,10 +249,10 @@ class PartnerIndex:
         return bucket
 
     def remove(self, request_id: str) -> None:
-        if request_id not in self._located:
+        located = self._located.pop(request_id, None)
+        if located is None:
             return
-        bucket, slot = self.locate(request_id)
-        del self._located[request_id]
+        bucket, slot = self._unpacked(located)
         request = bucket.requests[slot]
         assert request is not None
         bucket.take(slot)
@@ -287,7 +287,9 @@ class PartnerIndex:
 
     def locate(self, request_id: str) -> tuple[_Bucket, int]:
         """The bucket and slot of a waiting request."""
-        located = self._located[request_id]
+        return self._unpacked(self._located[request_id])
+
+    def _unpacked(self, located: int) -> tuple[_Bucket, int]:
         return self._numbered[located >> _SLOT_BITS], located & _SLOT_MASK
 
     def user_requests(self, user_id: str) -> Sequence[str]:
