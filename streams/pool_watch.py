@@ -124,7 +124,9 @@ class PoolWatch:
         ]
 
     def published(self, pool_id: str) -> None:
-        self._published[pool_id] = self.ledgers[pool_id].version
+        ledger = self.ledgers.get(pool_id)
+        if ledger is not None:  # None: a rebalance took the pool away while it was sent
+            self._published[pool_id] = ledger.version
 
     def _ledger(self, pool_id: str) -> PoolLedger:
         ledger = self.ledgers.get(pool_id)

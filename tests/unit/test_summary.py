@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections import deque
+
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from matching.engine import MatchEngine
-from matching.summary import PartitionView, PoolLedger, summarize
+from matching.summary import PartitionView, PoolLedger, quantile, summarize
 from models.messages import MatchRequest, PoolCommand, PoolConfig, Profile
 from models.state import StateRecord
 
@@ -142,3 +147,22 @@ def test_closing_completes_the_pool() -> None:
     assert summary.status == "completed"
     assert summary.completed_at == "1970-01-01T00:00:02.000Z"
     assert summary.expired == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.one_of(
+        st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=60),
+        st.integers(min_value=900, max_value=1_100).map(
+            lambda size: [((i * 7919) % 1_009) / 7.0 for i in range(size)]
+        ),
+    ),
+    q=st.one_of(st.sampled_from([0.0, 0.5, 0.9, 1.0]), st.floats(min_value=0, max_value=1)),
+)
+def test_quantile_is_numpy_linear_exactly(values: list[float], q: float) -> None:
+    # Sizes either side of the switch from a Python sort to numpy's partition.
+    assert quantile(deque(values), q) == float(np.quantile(np.array(values), q))
+
+
+def test_quantile_of_nothing_is_none() -> None:
+    assert quantile(deque(), 0.5) is None
