@@ -21,7 +21,13 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode import Service
 
 from models.codec import dumps, utc_now_iso
-from models.state import MatchState, RecommendationState, RequestState, decode_state
+from models.state import (
+    MatchState,
+    RecommendationState,
+    RequestState,
+    kind_prefix,
+    parse_state,
+)
 from streams.app import Matchstream
 from streams.topics import TopicNames
 
@@ -30,13 +36,18 @@ __all__ = ["OutputRelay", "outputs_for", "register"]
 log = logging.getLogger(__name__)
 
 _BATCH_RECORDS = 5_000
+# Requests, matches and top-K lists have outputs. The rest (pool settings, profiles,
+# and the input mark every input writes) are skipped before they are decoded.
+_OUTPUT_KINDS = tuple(kind_prefix(kind).encode() for kind in ("r", "m", "k"))
 
 
-def outputs_for(raw_record: bytes | None, names: TopicNames) -> Iterator[tuple[str, bytes, bytes]]:
-    """The (topic, key, value) outputs one state-table value stands for."""
-    if raw_record is None:
+def outputs_for(
+    raw_key: bytes | None, raw_record: bytes | None, names: TopicNames
+) -> Iterator[tuple[str, bytes, bytes]]:
+    """The (topic, key, value) outputs one state-table write stands for."""
+    if raw_record is None or (raw_key is not None and not raw_key.startswith(_OUTPUT_KINDS)):
         return
-    record = decode_state(raw_record)
+    record = parse_state(raw_record)
     if isinstance(record, RequestState) and not record.profile_only:
         event = record.status_event(at=utc_now_iso(record.changed_at))
         yield names.status, record.pool_id.encode(), dumps(event)
@@ -99,7 +110,7 @@ class OutputRelay(Service):
                 pending: list[asyncio.Future[object]] = []
                 for messages in batches.values():
                     for message in messages:
-                        for topic, key, value in outputs_for(message.value, names):
+                        for topic, key, value in outputs_for(message.key, message.value, names):
                             pending.append(await producer.send(topic, value=value, key=key))
                 if settling is not None:
                     await settling  # commits stay in order, one batch in flight at most

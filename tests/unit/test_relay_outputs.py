@@ -1,0 +1,47 @@
+"""The output relay's projection of state writes, and what it skips undecoded."""
+
+from __future__ import annotations
+
+from agents.input_order import AppliedOffsets
+from matching.engine import Effects, MatchEngine
+from models.codec import dumps
+from models.messages import MatchRequest, PoolCommand, PoolConfig, Profile, ProfileChange
+from streams.relay import outputs_for
+from streams.topics import TopicNames
+
+NAMES = TopicNames.with_prefix("t.")
+
+
+def _writes_of_a_busy_pool() -> list[tuple[str, bytes]]:
+    engine = MatchEngine()
+    applied = AppliedOffsets()
+    effects = Effects()
+    configure = PoolCommand(command="configure", pool_id="p", config=PoolConfig(mode="pair"))
+    effects.extend(engine.handle_command(configure, partition=0, now=0.0))
+    for number in range(5):
+        request = MatchRequest(request_id=f"r{number}", pool_id="p", user_id=f"u{number}")
+        effects.extend(engine.handle_request(request, partition=0, now=1.0 + number))
+        effects.writes.append(applied.mark("t.match.request", 0, number))
+    cancel = MatchRequest(type="cancel", request_id="r4", pool_id="p", user_id="u4")
+    effects.extend(engine.handle_request(cancel, partition=0, now=9.0))
+    change = ProfileChange(user_id="u9", profile=Profile(interests=["go"]), updated_at=9.0)
+    effects.extend(engine.handle_profile(change, partition=0, now=9.0))
+    return [(key, dumps(record)) for key, record in effects.writes]
+
+
+def test_skipping_by_key_loses_no_output() -> None:
+    writes = _writes_of_a_busy_pool()
+    by_key = [out for key, value in writes for out in outputs_for(key.encode(), value, NAMES)]
+    decoding_all = [out for _, value in writes for out in outputs_for(None, value, NAMES)]
+
+    assert by_key == decoding_all
+    topics = [topic for topic, _, _ in by_key]
+    assert topics.count("t.match.found") == 2 and topics.count("t.match.status") >= 6
+
+
+def test_records_without_outputs_are_not_decoded() -> None:
+    skipped = [key for key, _ in _writes_of_a_busy_pool() if key[0] in "pou"]
+    assert {key[0] for key in skipped} == {"p", "o", "u"}
+    for key in skipped:
+        # Not JSON at all: decoding it would raise.
+        assert list(outputs_for(key.encode(), b"\xff not a record", NAMES)) == []
