@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from mode import Service
 
-from models.codec import dumps, utc_now_iso
+from models.codec import dumps, loads, utc_now_iso
 from models.state import (
     MatchState,
     RecommendationState,
@@ -31,21 +31,26 @@ from models.state import (
 from streams.app import Matchstream
 from streams.topics import TopicNames
 
-__all__ = ["OutputRelay", "outputs_for", "register"]
+__all__ = ["OutputRelay", "outputs_for", "register", "table_key"]
 
 log = logging.getLogger(__name__)
 
 _BATCH_RECORDS = 5_000
 # Requests, matches and top-K lists have outputs. The rest (pool settings, profiles,
 # and the input mark every input writes) are skipped before they are decoded.
-_OUTPUT_KINDS = tuple(kind_prefix(kind).encode() for kind in ("r", "m", "k"))
+_OUTPUT_KINDS = tuple(kind_prefix(kind) for kind in ("r", "m", "k"))
+
+
+def table_key(raw_key: bytes | None) -> str | None:
+    """The state table's key of a changelog record (Faust writes a `str` key as JSON)."""
+    return None if raw_key is None else loads(raw_key)
 
 
 def outputs_for(
-    raw_key: bytes | None, raw_record: bytes | None, names: TopicNames
+    key: str | None, raw_record: bytes | None, names: TopicNames
 ) -> Iterator[tuple[str, bytes, bytes]]:
     """The (topic, key, value) outputs one state-table write stands for."""
-    if raw_record is None or (raw_key is not None and not raw_key.startswith(_OUTPUT_KINDS)):
+    if raw_record is None or (key is not None and not key.startswith(_OUTPUT_KINDS)):
         return
     record = parse_state(raw_record)
     if isinstance(record, RequestState) and not record.profile_only:
@@ -110,7 +115,9 @@ class OutputRelay(Service):
                 pending: list[asyncio.Future[object]] = []
                 for messages in batches.values():
                     for message in messages:
-                        for topic, key, value in outputs_for(message.key, message.value, names):
+                        for topic, key, value in outputs_for(
+                            table_key(message.key), message.value, names
+                        ):
                             pending.append(await producer.send(topic, value=value, key=key))
                 if settling is not None:
                     await settling  # commits stay in order, one batch in flight at most

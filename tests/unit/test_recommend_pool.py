@@ -163,7 +163,7 @@ def test_a_profile_change_rescores_without_a_status(engine: MatchEngine) -> None
     key, request = next((k, r) for k, r in effects.writes if isinstance(r, RequestState))
     assert request.profile_only and request.profile == change.profile
     names = TopicNames.with_prefix("")
-    assert list(outputs_for(key.encode(), dumps(request), names)) == []
+    assert list(outputs_for(key, dumps(request), names)) == []
     assert ("cid", 2, ["ann", "bob"]) in _lists(effects)
 
 
@@ -229,10 +229,10 @@ def test_recovery_rebuilds_lists_and_versions_without_publishing_again() -> None
 def test_relay_emits_a_list_as_the_contract_says(engine: MatchEngine) -> None:
     for user in ["ann", "bob"]:
         engine.handle_request(_ask(user, ["go"]), partition=0, now=1.0)
-    (table_key, record), _ = engine.tick(partition=0, now=2.0).writes
+    (key_in_table, record), _ = engine.tick(partition=0, now=2.0).writes
 
     names = TopicNames.with_prefix("x.")
-    ((topic, key, value),) = outputs_for(table_key.encode(), dumps(record), names)
+    ((topic, key, value),) = outputs_for(key_in_table, dumps(record), names)
 
     assert (topic, key) == ("x.match.recommendations", b"meetup")
     assert decode_state(dumps(record)) == record
