@@ -81,6 +81,9 @@ _WORKER_FIRST_COMMIT_TIMEOUT_S = 120.0
 _MATCHER_MIN_RATE = 100.0
 """Slower than this (input messages/s) counts as a failure, not a result."""
 _LATENCY_PHASE_S = 10.0
+_FLOOR_RATE = 20.0
+"""Requests/s of the floor phase: each request finds the worker idle, so its latency
+is the path's own (three Kafka hops), with no queueing behind other work."""
 _LATENCY_DRAIN_TIMEOUT_S = 30.0
 _WORKER_STOP_TIMEOUT_S = 20.0
 _POLL_S = 0.25
@@ -94,6 +97,37 @@ _FALLING_BEHIND_MS = 250.0
 
 class BenchError(RuntimeError):
     """A phase did not finish in time or the worker died."""
+
+
+@dataclass
+class LatencyRun:
+    """One paced phase: requests sent `rate` per second into fresh pools, two per pool."""
+
+    rate: float = 0.0
+    expected: int = 0
+    """Matches the phase waits for: one per pool."""
+    latencies_ms: list[float] = field(default_factory=list)
+    """In the order the matches arrived."""
+    legs_ms: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Each latency split at the match's decision (`created_at`), the append of its
+    record to the state changelog and the relay's `match.found` (record timestamps);
+    wall clock, 1 ms resolution."""
+    cpu_s_per_1k: float = 0.0
+
+    def percentiles(self) -> tuple[float, float]:
+        ordered = sorted(self.latencies_ms)
+        return _percentile(ordered, 50), _percentile(ordered, 99)
+
+    def missing(self) -> int:
+        return self.expected - len(self.latencies_ms)
+
+    def legs(self) -> str:
+        if not self.legs_ms:
+            return "-"
+        legs = [sorted(leg) for leg in zip(*self.legs_ms, strict=True)]
+        p50 = " / ".join(f"{_percentile(leg, 50):.1f}" for leg in legs)
+        p99 = " / ".join(f"{_percentile(leg, 99):.1f}" for leg in legs)
+        return f"{p50} ms; {p99} ms"
 
 
 @dataclass
@@ -113,29 +147,16 @@ class BenchReport:
     changelog_records: int = 0
     output_records: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
-    latency_rate: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
-    """In the order the matches arrived."""
-    legs_ms: list[tuple[float, float, float, float]] = field(default_factory=list)
-    """Each latency split at the match's decision (`created_at`), the append of its
-    record to the state changelog and the relay's `match.found` (record timestamps);
-    wall clock, 1 ms resolution."""
-    latency_expected: int = 0
-    latency_cpu_s_per_1k: float = 0.0
+    paced: LatencyRun = field(default_factory=LatencyRun)
+    """At half the matcher's saturating rate."""
+    floor: LatencyRun = field(default_factory=LatencyRun)
+    """At `_FLOOR_RATE`."""
     cpu_s_per_1k: float = 0.0
     cpu_share: float = 0.0
     """Worker CPU seconds per second of the matcher window."""
     runqueue_share: float = 0.0
     """Share of the matcher window the worker's main thread was runnable but not running."""
     peak_rss_mib: float = 0.0
-
-    def _legs(self) -> str:
-        if not self.legs_ms:
-            return "-"
-        legs = [sorted(leg) for leg in zip(*self.legs_ms, strict=True)]
-        p50 = " / ".join(f"{_percentile(leg, 50):.1f}" for leg in legs)
-        p99 = " / ".join(f"{_percentile(leg, 99):.1f}" for leg in legs)
-        return f"{p50} ms; {p99} ms"
 
     def _relay_cpu_per_record(self) -> float:
         return self.relay_cpu_s / max(2 * self.relay_messages, 1)
@@ -163,9 +184,6 @@ class BenchReport:
 
     def markdown(self) -> str:
         """The report as a machine line and a Markdown table."""
-        latencies = sorted(self.latencies_ms)
-        p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
-        missing = self.latency_expected - len(latencies)
         outcomes = ", ".join(f"{name} {count}" for name, count in sorted(self.outcomes.items()))
         rows = [
             (
@@ -190,12 +208,16 @@ class BenchReport:
                 f"{self._io_ceiling():,.0f}/s",
             ),
             (
-                f"latency p50 / p99 at {self.latency_rate:,.0f} requests/s",
-                f"{p50:.1f} / {p99:.1f} ms" + (f" ({missing} matches missing)" if missing else ""),
+                f"latency p50 / p99 at {self.paced.rate:,.0f} requests/s",
+                _latency_cell(self.paced),
             ),
             (
                 "latency legs p50 / p99: request > decision > changelog > match.found > consumed",
-                self._legs(),
+                self.paced.legs(),
+            ),
+            (
+                f"floor, worker idle between requests: latency and legs at {self.floor.rate:.0f}/s",
+                f"{_latency_cell(self.floor)}; {self.floor.legs()}",
             ),
             ("worker CPU per 1,000 requests (matcher window)", f"{self.cpu_s_per_1k:.2f} s"),
             ("worker peak RSS", f"{self.peak_rss_mib:,.0f} MiB"),
@@ -217,13 +239,16 @@ class BenchReport:
                 " The cores were oversubscribed (broker, bench and other processes), so "
                 "the matcher rows understate what the worker does on a quiet machine."
             )
-        quarter = max(1, len(self.latencies_ms) // 4)
-        early = _percentile(sorted(self.latencies_ms[:quarter]), 50)
-        late = _percentile(sorted(self.latencies_ms[-quarter:]), 50)
+        latencies = self.paced.latencies_ms
+        quarter = max(1, len(latencies) // 4)
+        early = _percentile(sorted(latencies[:quarter]), 50)
+        late = _percentile(sorted(latencies[-quarter:]), 50)
         paced = (
-            f"Latency phase: {self.latency_expected:,} pairs; worker CPU "
-            f"{self.latency_cpu_s_per_1k:.2f} s per 1,000 requests; median latency "
-            f"{early:.0f} ms in the first quarter, {late:.0f} ms in the last."
+            f"Latency phase: {self.paced.expected:,} pairs; worker CPU "
+            f"{self.paced.cpu_s_per_1k:.2f} s per 1,000 requests; median latency "
+            f"{early:.0f} ms in the first quarter, {late:.0f} ms in the last. "
+            f"Floor phase: {self.floor.expected:,} pairs; worker CPU "
+            f"{self.floor.cpu_s_per_1k:.2f} s per 1,000 requests (its idle work included)."
         )
         if late > 2 * early and late > _FALLING_BEHIND_MS:
             paced += (
@@ -335,7 +360,10 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
         sampler = asyncio.create_task(worker.sample_cpu())
         try:
             await _measure_matcher(settings, worker, workload, len(messages), report)
-            await _measure_latency(settings, worker, report)
+            report.paced.rate = max(10.0, round(report.matcher_rate / 2))
+            await _measure_latency(settings, worker, report.paced)
+            report.floor.rate = _FLOOR_RATE
+            await _measure_latency(settings, worker, report.floor)
         finally:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
@@ -567,12 +595,13 @@ async def _read_outputs(
 # -- phase 3: latency ------------------------------------------------------------------
 
 
-async def _measure_latency(settings: Settings, worker: _SampledWorker, report: BenchReport) -> None:
+async def _measure_latency(settings: Settings, worker: _SampledWorker, run: LatencyRun) -> None:
+    """Send `run.rate` requests/s for `_LATENCY_PHASE_S` and time each pair to its match."""
     names = TopicNames.with_prefix(settings.topic_prefix)
     hosts = ",".join(settings.broker_hosts)
-    rate = max(10.0, round(report.matcher_rate / 2))
+    rate = run.rate
     count = max(20, int(rate * _LATENCY_PHASE_S) // 2 * 2)
-    report.latency_rate, report.latency_expected = rate, count // 2
+    run.expected = count // 2
     changelog = _changelog_topic(settings)
     async with _Offsets(hosts) as offsets:
         ends = await offsets.ends(names.found, changelog)
@@ -591,7 +620,7 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
         for tp in partitions:
             consumer.seek(tp, ends.get(tp, 0))
         await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
-        receiver = asyncio.create_task(_receive(consumer, changelog, sent, appended, found, report))
+        receiver = asyncio.create_task(_receive(consumer, changelog, sent, appended, found, run))
         started = time.time()
         try:
             await asyncio.wait_for(
@@ -599,20 +628,20 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
                 _LATENCY_PHASE_S * 2 + _CLIENT_TIMEOUT_S,
             )
             await worker.wait_until(
-                lambda: _all_received(report),
+                lambda: _all_received(run),
                 _LATENCY_DRAIN_TIMEOUT_S,
                 "the latency phase's matches",
                 fail=False,
             )
             cpu, _ = worker.cpu_between(started, time.time())
-            report.latency_cpu_s_per_1k = cpu / (count / 1_000)
+            run.cpu_s_per_1k = cpu / (count / 1_000)
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             await producer.stop()
     finally:
         await consumer.stop()
-    report.legs_ms = [
+    run.legs_ms = [
         (
             (decided - sent_at) * 1_000,
             (appended[match_id] - decided) * 1_000,
@@ -625,10 +654,9 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, report: B
     log.info(
         "bench.latency rate=%.0f matches=%d/%d p50_ms=%.1f p99_ms=%.1f",
         rate,
-        len(report.latencies_ms),
-        report.latency_expected,
-        _percentile(sorted(report.latencies_ms), 50),
-        _percentile(sorted(report.latencies_ms), 99),
+        len(run.latencies_ms),
+        run.expected,
+        *run.percentiles(),
     )
 
 
@@ -666,7 +694,7 @@ async def _receive(
     sent: dict[str, tuple[float, float]],
     appended: dict[str, float],
     found: list[tuple[str, float, float, float, float]],
-    report: BenchReport,
+    run: LatencyRun,
 ) -> None:
     """Time each paced match on arrival; note when its final record reached the changelog."""
     while True:
@@ -683,14 +711,20 @@ async def _receive(
                 for member in value["members"]:
                     at = sent.pop(member["request_id"], None)
                     if at is not None:
-                        report.latencies_ms.append((now - at[0]) * 1_000)
+                        run.latencies_ms.append((now - at[0]) * 1_000)
                         found.append(
                             (value["match_id"], at[1], decided, record.timestamp / 1_000, now_wall)
                         )
 
 
-async def _all_received(report: BenchReport) -> bool:
-    return len(report.latencies_ms) >= report.latency_expected
+async def _all_received(run: LatencyRun) -> bool:
+    return len(run.latencies_ms) >= run.expected
+
+
+def _latency_cell(run: LatencyRun) -> str:
+    p50, p99 = run.percentiles()
+    missing = run.missing()
+    return f"{p50:.1f} / {p99:.1f} ms" + (f" ({missing} matches missing)" if missing else "")
 
 
 def _percentile(ordered: Sequence[float], percent: float) -> float:

@@ -65,6 +65,10 @@ def test_bench_prints_relay_matcher_and_latency(
     legs = _numbers(_row(rows, "latency legs"))
     assert len(legs) == 8
     assert legs[0] > 0  # a request reaches the worker's decision through Kafka, never at once
+    floor = _row(rows, "floor, worker idle between requests")
+    assert "missing" not in floor
+    floor_p50, floor_p99, *floor_legs = _numbers(floor)
+    assert 0 < floor_p50 <= floor_p99 and len(floor_legs) == 8
     assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
     assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
     # The run's broker, worker and files are gone with its temporary directory.
