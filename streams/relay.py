@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -31,11 +32,14 @@ from models.state import (
 from streams.app import Matchstream
 from streams.topics import TopicNames
 
-__all__ = ["OutputRelay", "outputs_for", "register", "table_key"]
+__all__ = ["AcknowledgedOffsets", "OutputRelay", "outputs_for", "register", "table_key"]
 
 log = logging.getLogger(__name__)
 
 _BATCH_RECORDS = 5_000
+_COMMIT_INTERVAL_S = 1.0
+"""Longest acknowledged outputs wait for their commit while changelog records keep
+coming; a crash re-emits up to this much more (identical outputs)."""
 # Requests, matches and top-K lists have outputs. The rest (pool settings, profiles,
 # and the input mark every input writes) are skipped before they are decoded.
 _OUTPUT_KINDS = tuple(kind_prefix(kind) for kind in ("r", "m", "k"))
@@ -101,8 +105,9 @@ class OutputRelay(Service):
         assert self._consumer is not None and self._producer is not None
         consumer, producer = self._consumer, self._producer
         names = self.stream.names
-        # The previous batch's acknowledgements and commit, awaited only after the next
-        # batch is sent: outputs do not queue behind a round trip to the broker.
+        commits = AcknowledgedOffsets(consumer, interval_s=_COMMIT_INTERVAL_S)
+        # The previous batch's acknowledgements, awaited only after the next batch is
+        # sent: outputs do not queue behind a round trip to the broker.
         settling: asyncio.Task[None] | None = None
         try:
             while not self.should_stop:
@@ -111,6 +116,8 @@ class OutputRelay(Service):
                     if settling is not None and settling.done():
                         await settling  # raises here what failed while the topic was quiet
                         settling = None
+                    if settling is None:
+                        await commits.commit()  # quiet: no later batch will carry it
                     continue
                 pending: list[asyncio.Future[object]] = []
                 for messages in batches.values():
@@ -120,25 +127,55 @@ class OutputRelay(Service):
                         ):
                             pending.append(await producer.send(topic, value=value, key=key))
                 if settling is not None:
-                    await settling  # commits stay in order, one batch in flight at most
+                    await settling  # offsets stay in order, one batch in flight at most
                 offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batches.items()}
-                settling = asyncio.ensure_future(
-                    _commit_when_acknowledged(consumer, pending, offsets)
-                )
+                settling = asyncio.ensure_future(commits.settle(pending, offsets))
         finally:
             if settling is not None and not settling.done():
                 settling.cancel()  # not committed: the next owner re-emits identical outputs
                 await asyncio.gather(settling, return_exceptions=True)
 
 
-async def _commit_when_acknowledged(
-    consumer: AIOKafkaConsumer,
-    pending: list[asyncio.Future[object]],
-    offsets: dict[TopicPartition, int],
-) -> None:
-    # Commit only what the broker has acknowledged: a crash re-emits, never drops.
-    await asyncio.gather(*pending)
-    await _commit(consumer, offsets)
+class AcknowledgedOffsets:
+    """Acknowledged changelog offsets, committed at most every `interval_s` while batches come.
+
+    Only acknowledged outputs are committed, so a crash re-emits and never drops.
+    A commit per fetched batch cost the relay a round trip to the broker per changelog
+    append when input came at a pace rather than in a backlog.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        *,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consumer = consumer
+        self._interval_s = interval_s
+        self._clock = clock
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = clock()
+
+    async def settle(
+        self, pending: list[asyncio.Future[object]], offsets: dict[TopicPartition, int]
+    ) -> None:
+        """Wait until a batch's outputs are acknowledged; commit if the interval has passed.
+
+        Raises what a send raised; the batch's offsets are then not recorded.
+        """
+        await asyncio.gather(*pending)
+        self._uncommitted.update(offsets)
+        if self._clock() - self._committed_at >= self._interval_s:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit every acknowledged offset now."""
+        if not self._uncommitted:
+            return
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._committed_at = self._clock()
+        await _commit(self._consumer, offsets)
 
 
 async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 from faust.serializers import codecs
 
 from agents.input_order import AppliedOffsets
 from matching.engine import Effects, MatchEngine
 from models.codec import dumps
 from models.messages import MatchRequest, PoolCommand, PoolConfig, Profile, ProfileChange
-from streams.relay import outputs_for, table_key
+from streams.relay import AcknowledgedOffsets, outputs_for, table_key
 from streams.topics import TopicNames
 
 NAMES = TopicNames.with_prefix("t.")
@@ -49,3 +54,58 @@ def test_records_without_outputs_are_not_decoded() -> None:
     for key in skipped:
         # Not JSON at all: decoding it would raise.
         assert list(outputs_for(key, b"\xff not a record", NAMES)) == []
+
+
+class _Consumer:
+    """The two methods of an aiokafka consumer that committing uses."""
+
+    def __init__(self, owned: set[TopicPartition]) -> None:
+        self.owned = owned
+        self.commits: list[dict[TopicPartition, int]] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.owned
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+
+def _acknowledged() -> asyncio.Future[object]:
+    future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+async def test_acknowledged_offsets_are_committed_once_per_interval() -> None:
+    first, second = TopicPartition("changelog", 0), TopicPartition("changelog", 1)
+    consumer = _Consumer({first, second})
+    now = [0.0]
+    commits = AcknowledgedOffsets(consumer, interval_s=1.0, clock=lambda: now[0])  # type: ignore[arg-type]
+
+    await commits.settle([_acknowledged()], {first: 10})
+    now[0] = 0.5
+    await commits.settle([_acknowledged()], {first: 20, second: 5})
+    assert consumer.commits == []
+
+    now[0] = 1.0
+    await commits.settle([_acknowledged()], {second: 7})
+    assert consumer.commits == [{first: 20, second: 7}]
+
+    await commits.settle([_acknowledged()], {first: 30})
+    await commits.commit()  # the topic went quiet
+    await commits.commit()  # nothing new: no request
+    assert consumer.commits == [{first: 20, second: 7}, {first: 30}]
+
+
+async def test_a_failed_send_keeps_its_batch_uncommitted() -> None:
+    changelog = TopicPartition("changelog", 0)
+    consumer = _Consumer({changelog})
+    commits = AcknowledgedOffsets(consumer, interval_s=0.0)  # type: ignore[arg-type]
+    failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    failed.set_exception(KafkaTimeoutError())
+
+    with pytest.raises(KafkaTimeoutError):
+        await commits.settle([_acknowledged(), failed], {changelog: 50})
+    await commits.commit()
+
+    assert consumer.commits == []
