@@ -102,4 +102,7 @@ class StallGuard:
             tp in getattr(consumer, "_paused_partitions", set()),
         )
         consumer.resume_partitions([tp])
-        await consumer.seek(tp, position)
+        # In the consumer's own thread: Faust's `seek` moves the aiokafka consumer from
+        # this one, racing its fetcher (a KeyError in `fetched_records` crashed a worker
+        # in the burst drill).
+        await consumer.seek_wait({tp: position})

@@ -29,8 +29,8 @@ class FakeConsumer:
     def resume_partitions(self, tps: list[TP]) -> None:
         self.resumed.extend(tps)
 
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+    async def seek_wait(self, partitions: dict[TP, int]) -> None:
+        self.seeks.extend(partitions.items())
 
 
 class FakeApp:
