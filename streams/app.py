@@ -18,6 +18,7 @@ from matching.engine import MatchEngine
 from streams.metrics import worker_metrics
 from streams.pool_watch import PoolWatch
 from streams.settings import Settings
+from streams.table_recovery import StandbySafeTableManager
 from streams.topics import TopicNames, replication_for
 
 __all__ = ["Matchstream", "create_app"]
@@ -89,6 +90,9 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         # A standby keeps a table partition current, so taking it over after a worker
         # leaves is a catch-up on the changelog's tail rather than a full recovery.
         table_standby_replicas=settings.standby_replicas,
+        # Faust's own manager drops standby records fetched while a recovery
+        # completes, and then trusts the standby copy (streams.table_recovery).
+        TableManager=StandbySafeTableManager,
         processing_guarantee="at_least_once",
         web_port=settings.web_port,
         web_bind=settings.web_bind,
