@@ -14,6 +14,15 @@ docs/operations.md). faust-streaming#212 reports the same loss for global tables
 
 So the changelog queue here is kept while a recovery completes, and emptied as
 Faust empties it everywhere else: on a rebalance, and on resumes within it.
+
+The opposite mistake is applying a record that should have been dropped. The
+fetcher can put a record into the queue after a rebalance emptied it (it was
+waiting for the producer's buffer to drain, or for space in the queue). The
+recovery would apply it, and the records between the last one applied and this
+one, dropped by the rebalance, would then lie below the offset it claims, never
+read again. Faust's streams skip a record fetched in an earlier generation or
+handed over while flow control is suspended; the recovery's queue does the same
+here, and the recovery's next seek reads such a record again.
 """
 
 from __future__ import annotations
@@ -22,22 +31,37 @@ from typing import Any
 
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
-from faust.types import TP
+from faust.types import TP, AppT, EventT
 from mode.utils.queues import ThrowableQueue
 
 __all__ = ["ChangelogQueue", "StandbySafeTableManager"]
 
 
 class ChangelogQueue(ThrowableQueue):
-    """Faust's changelog queue, which flow control may empty only while it is not held."""
+    """Faust's changelog queue: flow control may empty it only while it is not held,
+    and it hands out only records of the current generation, fetched while flow runs.
+    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, app: AppT, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held = False
+        self._app = app
 
     def clear(self) -> None:
         if not self.held:
             super().clear()
+
+    async def get(self) -> Any:
+        while True:
+            event = await super().get()
+            if self._is_current(event):
+                return event
+
+    def _is_current(self, event: EventT) -> bool:
+        return (
+            self._app.flow_control.is_active()
+            and event.message.generation_id == self._app.consumer_generation_id
+        )
 
 
 class _StandbySafeRecovery(Recovery):
@@ -69,6 +93,7 @@ class StandbySafeTableManager(TableManager):
                 maxsize=self.app.conf.stream_buffer_maxsize,
                 flow_control=self.app.flow_control,
                 clear_on_resume=True,
+                app=self.app,
             )
         assert isinstance(self._changelog_queue, ChangelogQueue)  # only made here
         return self._changelog_queue
