@@ -27,11 +27,11 @@ from agents.stall_guard import StallGuard
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
-from models.state import InputMark, decode_state
+from models.state import InputMark, StateRecord, decode_state
 from streams.app import Matchstream
 from streams.dlq import dlq_record
 
-__all__ = ["register"]
+__all__ = ["apply_input", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,13 @@ def register(stream: Matchstream) -> None:
     order = InputOrder(consumer=stream.app.consumer, topics=input_topics, applied=applied)
     order.install()
 
+    def load_engine(records: list[StateRecord]) -> None:
+        stream.engine.load(record for record in records if not isinstance(record, InputMark))
+        stream.watch.reload(records)
+
+    def reload_engine() -> None:
+        load_engine([decode_state(value) for value in stream.state.values()])
+
     @stream.state.on_recover
     async def rebuild_engine() -> None:
         # Tables hold only the partitions assigned now, so this also forgets
@@ -92,8 +99,7 @@ def register(stream: Matchstream) -> None:
             records = [decode_state(value) for value in stream.state.values()]
             applied.load(record for record in records if isinstance(record, InputMark))
             order.reset()
-            stream.engine.load(record for record in records if not isinstance(record, InputMark))
-            stream.watch.reload(records)
+            load_engine(records)
         waiting = sum(len(book.waiting) for book in stream.engine.pools.values())
         log.info(
             "engine rebuilt pools=%d waiting=%d seconds=%.3f",
@@ -115,7 +121,7 @@ def register(stream: Matchstream) -> None:
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
-            await _process(stream, handlers, event, progress, applied, runs)
+            await _process(stream, handlers, event, progress, applied, runs, reload_engine)
             guard.processed(event.message.tp, event.message.offset)
 
     @stream.app.timer(_STALL_CHECK_INTERVAL_S, name="matcher_stall_guard")
@@ -179,6 +185,7 @@ async def _process(
     progress: _Progress,
     applied: AppliedOffsets,
     runs: BatchRuns,
+    reload_engine: Callable[[], None],
 ) -> None:
     message = event.message
     handler = handlers[message.topic]
@@ -193,13 +200,11 @@ async def _process(
     else:
         progress.inputs += 1
     now = time.time()
-    try:
-        effects = handler(stream.engine, event.value, message.partition, now)
-    except (DecodeError, MisroutedError) as exc:
+    effects, refusal = apply_input(handler, stream.engine, event, now, reload_engine)
+    if refusal is not None and not is_tick:
         progress.rejected += 1
-        effects = Effects()
         stream.watch.metrics.dlq.labels(message.topic).inc()
-        await _reject(stream, event, str(exc))
+        await _reject(stream, event, refusal)
     if is_tick:
         effects.extend(runs.collect(stream.engine, message.partition, now))
     else:
@@ -218,6 +223,38 @@ async def _process(
     for notice in effects.notices:
         await stream.status.send(key=notice.pool_id.encode(), value=dumps(notice))
     runs.launch(effects)
+
+
+def apply_input(
+    handler: Handler,
+    engine: MatchEngine,
+    event: EventT,
+    now: float,
+    reload_engine: Callable[[], None],
+) -> tuple[Effects, str | None]:
+    """Run `handler` on one input: (its effects, None), or (no effects, why it was refused).
+
+    Bad input is refused as such. Any other exception is a fault of the engine's,
+    caught so that one input cannot stop the partition (Faust would restart the
+    agent on the same message, over and over): the input is refused with the
+    error, and the engine, which may have changed half-way, is reloaded from the
+    state table, which no effect of this input reached.
+    """
+    message = event.message
+    try:
+        return handler(engine, event.value, message.partition, now), None
+    except (DecodeError, MisroutedError) as exc:
+        return Effects(), str(exc)
+    except Exception as exc:
+        log.exception(
+            "engine failed on input, reloading it from the table topic=%s partition=%d offset=%d",
+            message.topic,
+            message.partition,
+            message.offset,
+        )
+        with _collector_paused():
+            reload_engine()
+        return Effects(), f"internal error: {exc!r}"
 
 
 async def _reject(stream: Matchstream, event: EventT, error: str) -> None:
