@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def run_demo(settings: Settings, *, requests: int, pools: int, keep_running: boo
         print(f"worker ready (log: {log_path})")
         # Printed before the workload so the pools can be watched filling and emptying.
         print(f"dashboard: http://127.0.0.1:{settings.web_port}/", flush=True)
-        asyncio.run(_feed_and_watch(settings, Workload(requests=requests, pools=pools)))
+        # Fresh ids per run: the broker and tables in the data dir outlive a demo, and a
+        # request id seen before is a no-op, so a second demo would match nobody.
+        workload = Workload(requests=requests, pools=pools, run_id=f"demo-{uuid.uuid4().hex[:6]}")
+        asyncio.run(_feed_and_watch(settings, workload))
         asyncio.run(run_event_demos(settings))
         _print_where_to_look(settings, log_path)
         if keep_running and worker.process is not None:
