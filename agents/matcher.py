@@ -29,7 +29,7 @@ from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
 from models.state import InputMark, StateRecord, decode_state
 from streams.app import Matchstream
-from streams.dlq import dlq_record
+from streams.dlq import reject
 
 __all__ = ["apply_input", "register"]
 
@@ -204,7 +204,7 @@ async def _process(
     if refusal is not None and not is_tick:
         progress.rejected += 1
         stream.watch.metrics.dlq.labels(message.topic).inc()
-        await _reject(stream, event, refusal)
+        await reject(stream.dlq, event, refusal)
     if is_tick:
         effects.extend(runs.collect(stream.engine, message.partition, now))
     else:
@@ -255,23 +255,3 @@ def apply_input(
         with _collector_paused():
             reload_engine()
         return Effects(), f"internal error: {exc!r}"
-
-
-async def _reject(stream: Matchstream, event: EventT, error: str) -> None:
-    message = event.message
-    record = dlq_record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=event.value,
-        error=error,
-    )
-    log.warning(
-        "input rejected topic=%s partition=%d offset=%d error=%r",
-        message.topic,
-        message.partition,
-        message.offset,
-        error,
-    )
-    await stream.dlq.send(key=message.topic.encode(), value=dumps(record))

@@ -24,7 +24,7 @@ from faust.types import EventT, StreamT, TableT, TopicT
 from models.codec import DecodeError, decode, dumps
 from models.messages import ProfileChange, ProfileUpdate
 from streams.app import Matchstream
-from streams.dlq import dlq_record
+from streams.dlq import reject
 from streams.topics import replication_for
 
 __all__ = ["register"]
@@ -72,7 +72,7 @@ async def _accept(stream: Matchstream, table: TableT, changes: TopicT, event: Ev
             # Newest-wins needs every update of a user on one partition.
             raise DecodeError("profile-update messages must be keyed by their user_id")
     except DecodeError as exc:
-        await _reject(stream, event, str(exc))
+        await reject(stream.dlq, event, str(exc))
         return
     updated_at = time.time()
     if update.updated_at is not None:
@@ -88,19 +88,3 @@ async def _accept(stream: Matchstream, table: TableT, changes: TopicT, event: Ev
     table[update.user_id] = change
     for partition in range(stream.settings.topic_partitions):
         await changes.send(key=update.user_id.encode(), value=change, partition=partition)
-
-
-async def _reject(stream: Matchstream, event: EventT, error: str) -> None:
-    message = event.message
-    record = dlq_record(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        key=message.key,
-        value=event.value,
-        error=error,
-    )
-    log.warning(
-        "profile.rejected partition=%d offset=%d error=%r", message.partition, message.offset, error
-    )
-    await stream.dlq.send(key=message.topic.encode(), value=dumps(record))

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import logging
 
-from models.codec import utc_now_iso
+from faust.types import EventT, TopicT
+
+from models.codec import dumps, utc_now_iso
 from models.messages import DlqRecord
 
-__all__ = ["dlq_record"]
+__all__ = ["dlq_record", "reject"]
+
+log = logging.getLogger(__name__)
 
 _RAW_TEXT_LIMIT = 64_000
 """Longer payloads are cut in the DLQ record: the reason matters, not 10 MB of it."""
@@ -31,3 +36,24 @@ def dlq_record(
         raw=text[:_RAW_TEXT_LIMIT],
         at=utc_now_iso(),
     )
+
+
+async def reject(dlq: TopicT, event: EventT, error: str) -> None:
+    """Send the message of `event` to the `dlq` topic with `error`, keyed by its source topic."""
+    message = event.message
+    record = dlq_record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=event.value,
+        error=error,
+    )
+    log.warning(
+        "input rejected topic=%s partition=%d offset=%d error=%r",
+        message.topic,
+        message.partition,
+        message.offset,
+        error,
+    )
+    await dlq.send(key=message.topic.encode(), value=dumps(record))
