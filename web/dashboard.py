@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from web.auth import HttpError
+from web.event_stream import StreamSlots, serve_from_kafka
 from web.routing import Call, Route
 
 __all__ = ["STREAM_PATH", "TOKEN_PARAM", "Dashboard"]
@@ -77,10 +77,12 @@ class Dashboard:
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
-        self._max_streams = max_streams
-        self._on_count = on_count
+        self._slots = StreamSlots(limit=max_streams, what="dashboard streams", on_count=on_count)
         self._page = files("web").joinpath("dashboard.html").read_bytes()
-        self.open_streams = 0
+
+    @property
+    def open_streams(self) -> int:
+        return self._slots.open
 
     def routes(self) -> list[Route]:
         """`GET /` and `GET /dashboard/stream`."""
@@ -109,41 +111,25 @@ class Dashboard:
         )
 
     async def serve(self, call: Call) -> web.StreamResponse:
-        if self.open_streams >= self._max_streams:
-            raise HttpError(
-                503, "too many open dashboard streams on this worker", headers={"Retry-After": "5"}
+        with self._slots.taken():
+            return await serve_from_kafka(
+                call,
+                bootstrap=self._bootstrap,
+                fetch_max_wait_ms=_FETCH_WAIT_MS,
+                start=self._from_the_end,
+                pump=self._pump,
             )
-        self.open_streams += 1
-        self._on_count(self.open_streams)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
-        )
-        try:
-            await consumer.start()
-            tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
-            consumer.assign(tps)
-            # Explicit offsets rather than seek_to_end, which resolves lazily and could
-            # skip summaries written between the "live" comment and the first fetch.
-            ends = await consumer.end_offsets(tps)
-            for tp in tps:
-                consumer.seek(tp, ends[tp])
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            )
-            await response.prepare(call.request)
-            # The comment tells a client the stream is live: summaries after it are not missed.
-            await response.write(b"retry: 2000\n: streaming pool summaries from the end\n\n")
-            await self._pump(consumer, response)
-            return response
-        except (ConnectionResetError, ConnectionError):
-            log.debug("dashboard stream closed by client")
-            return web.Response(status=499)
-        finally:
-            self.open_streams -= 1
-            self._on_count(self.open_streams)
-            await consumer.stop()
+
+    async def _from_the_end(self, consumer: AIOKafkaConsumer) -> bytes:
+        tps = [TopicPartition(self._topic, p) for p in range(self._partitions)]
+        consumer.assign(tps)
+        # Explicit offsets rather than seek_to_end, which resolves lazily and could
+        # skip summaries written between the "live" comment and the first fetch.
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            consumer.seek(tp, ends[tp])
+        # The comment tells a client the stream is live: summaries after it are not missed.
+        return b"retry: 2000\n: streaming pool summaries from the end\n\n"
 
     async def _pump(self, consumer: AIOKafkaConsumer, response: web.StreamResponse) -> None:
         while True:

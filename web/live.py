@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from web.auth import HttpError
+from web.event_stream import StreamSlots, serve_from_kafka
 from web.routing import Call, QueryParam, Route
 
 __all__ = ["StatusStreams", "partition_of"]
@@ -64,9 +65,11 @@ class StatusStreams:
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
-        self._max_streams = max_streams
-        self._on_count = on_count
-        self.open_streams = 0
+        self._slots = StreamSlots(limit=max_streams, what="streams", on_count=on_count)
+
+    @property
+    def open_streams(self) -> int:
+        return self._slots.open
 
     def route(self) -> Route:
         return Route(
@@ -87,40 +90,28 @@ class StatusStreams:
         pool_id = call.params["pool_id"]
         user_filter = call.caller.user_id if not call.caller.admin else call.query.get("user_id")
         start = self._start(pool_id, call)
-        if self.open_streams >= self._max_streams:
-            raise HttpError(
-                503, "too many open streams on this worker", headers={"Retry-After": "5"}
-            )
-        self.open_streams += 1
-        self._on_count(self.open_streams)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=_FETCH_WAIT_MS,
-        )
-        try:
-            await consumer.start()
-            tp = TopicPartition(self._topic, start.partition)
+        tp = TopicPartition(self._topic, start.partition)
+
+        async def from_start(consumer: AIOKafkaConsumer) -> bytes:
             consumer.assign([tp])
             offset = start.offset
             if offset is None:
                 offset = (await consumer.end_offsets([tp]))[tp]
             consumer.seek(tp, offset)
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-            )
-            await response.prepare(call.request)
             # The comment tells a client the stream is live: events after it are not missed.
-            await response.write(f"retry: 1000\n: streaming from offset {offset}\n\n".encode())
+            return f"retry: 1000\n: streaming from offset {offset}\n\n".encode()
+
+        async def pump(consumer: AIOKafkaConsumer, response: web.StreamResponse) -> None:
             await self._pump(consumer, tp, response, pool_id, user_filter)
-            return response
-        except (ConnectionResetError, ConnectionError):
-            log.debug("stream closed by client pool=%s", pool_id)
-            return web.Response(status=499)
-        finally:
-            self.open_streams -= 1
-            self._on_count(self.open_streams)
-            await consumer.stop()
+
+        with self._slots.taken():
+            return await serve_from_kafka(
+                call,
+                bootstrap=self._bootstrap,
+                fetch_max_wait_ms=_FETCH_WAIT_MS,
+                start=from_start,
+                pump=pump,
+            )
 
     async def _pump(
         self,
