@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from streams.demo_events import run_event_demos
+from streams.demo_events import reading_from_now, run_event_demos
 from streams.kafka_local import LocalKafka
 from streams.produce import produce_messages
 from streams.settings import Settings
@@ -71,23 +71,11 @@ async def _feed_and_watch(settings: Settings, workload: Workload) -> None:
     rest = [m for m in messages if m.kind != "configure"]
     await produce_messages(settings, configure, total=len(configure), progress=False)
     await wait_until_consumed(settings, names.command, timeout_s=60)
-    consumer = AIOKafkaConsumer(
-        names.status,
-        names.found,
-        names.dlq,
-        bootstrap_servers=",".join(settings.broker_hosts),
-        auto_offset_reset="latest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        await consumer.seek_to_end()
+    async with reading_from_now(settings, names.status, names.found, names.dlq) as consumer:
         producing = asyncio.create_task(
             produce_messages(settings, rest, total=len(rest), progress=False)
         )
         counts = await _watch(consumer, names, producing)
-    finally:
-        await consumer.stop()
     print("\noutcome:", " ".join(f"{key}={value}" for key, value in sorted(counts.items())))
 
 

@@ -7,10 +7,11 @@ the meetup's tables from `match.found` and who got no seat from `match.status`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from streams.event_workload import attendee_profiles
 from streams.settings import Settings
 from streams.topics import TopicNames, wait_until_consumed
 
-__all__ = ["run_event_demos"]
+__all__ = ["reading_from_now", "run_event_demos"]
 
 _ATTENDEES = 30
 _MEETUP = 8
@@ -33,17 +34,8 @@ async def run_event_demos(settings: Settings) -> None:
     names = TopicNames.with_prefix(settings.topic_prefix)
     run = uuid.uuid4().hex[:6]
     networking, meetup = f"networking-{run}", f"meetup-{run}"
-    consumer = AIOKafkaConsumer(
-        names.recommendations,
-        names.found,
-        names.status,
-        bootstrap_servers=",".join(settings.broker_hosts),
-        auto_offset_reset="latest",
-        group_id=None,
-    )
-    await consumer.start()
-    try:
-        await consumer.seek_to_end()
+    outputs = (names.recommendations, names.found, names.status)
+    async with reading_from_now(settings, *outputs) as consumer:
         await _send(settings, _configure(names, networking, meetup))
         await wait_until_consumed(settings, names.command, timeout_s=_WAIT_S)
         await _send(settings, _attendees(names, networking, meetup))
@@ -62,6 +54,21 @@ async def run_event_demos(settings: Settings) -> None:
         await _send(settings, [(names.command, meetup.encode(), dumps(start))])
         await view.read(consumer, names, until=lambda: view.meetup_done() >= _MEETUP)
         print(view.meetup_table())
+
+
+@contextlib.asynccontextmanager
+async def reading_from_now(settings: Settings, *topics: str) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of `topics` that sees only what is written after it started."""
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=",".join(settings.broker_hosts),
+        auto_offset_reset="latest",
+        group_id=None,
+    )
+    await consumer.start()
+    try:
+        await consumer.seek_to_end()
+        yield consumer
     finally:
         await consumer.stop()
 
