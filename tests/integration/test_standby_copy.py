@@ -82,23 +82,33 @@ async def _replay(settings: Settings, partition: int, last_offset: int) -> dict[
     await consumer.start()
     try:
         tp = TopicPartition(topic, partition)
+        end = (await consumer.end_offsets([tp]))[tp]
+        assert last_offset < end, (
+            f"partition {partition}: copy claims {last_offset}, log ends {end}"
+        )
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        table: dict[bytes, bytes] = {}
-        position = 0
-        while position <= last_offset:
-            batches = await asyncio.wait_for(consumer.getmany(tp, timeout_ms=1000), 30)
-            for record in batches.get(tp, []):
-                if record.offset > last_offset:
-                    break
-                if record.value is None:
-                    table.pop(record.key, None)
-                else:
-                    table[record.key] = record.value
-            position = await consumer.position(tp)
-        return table
+        return await asyncio.wait_for(_read_through(consumer, tp, last_offset), 120)
     finally:
         await consumer.stop()
+
+
+async def _read_through(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, last_offset: int
+) -> dict[bytes, bytes]:
+    table: dict[bytes, bytes] = {}
+    position = 0
+    while position <= last_offset:
+        batches = await consumer.getmany(tp, timeout_ms=1000)
+        for record in batches.get(tp, []):
+            if record.offset > last_offset:
+                break
+            if record.value is None:
+                table.pop(record.key, None)
+            else:
+                table[record.key] = record.value
+        position = await consumer.position(tp)
+    return table
 
 
 def _differences(copy: dict[bytes, bytes], replayed: dict[bytes, bytes]) -> list[bytes]:
