@@ -235,10 +235,9 @@ def apply_input(
     """Run `handler` on one input: (its effects, None), or (no effects, why it was refused).
 
     Bad input is refused as such. Any other exception is a fault of the engine's,
-    caught so that one input cannot stop the partition (Faust would restart the
-    agent on the same message, over and over): the input is refused with the
-    error, and the engine, which may have changed half-way, is reloaded from the
-    state table, which no effect of this input reached.
+    caught so that one input cannot crash the agent: the input is refused with
+    the error, and the engine, which may have changed half-way, is reloaded from
+    the state table, which no effect of this input reached.
     """
     message = event.message
     try:
