@@ -137,6 +137,8 @@ class BenchReport:
     requests: int
     pools: int
     partitions: int
+    event_loop: str
+    """The worker's (`MATCHSTREAM_EVENT_LOOP`)."""
     relay_messages: int = 0
     relay_rate: float = 0.0
     relay_cpu_s: float = 0.0
@@ -226,7 +228,7 @@ class BenchReport:
             f"Machine: {os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, "
             f"Python {platform.python_version()}, Kafka {KAFKA_VERSION} (local single node); "
             f"{self.requests:,} requests over {self.pools:,} pools, "
-            f"{self.partitions} partitions"
+            f"{self.partitions} partitions; worker event loop {self.event_loop}"
         )
         window = (
             f"Matcher window: {self.matcher_messages:,} input messages in "
@@ -293,7 +295,12 @@ def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
         raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
-    report = BenchReport(requests=requests, pools=pools, partitions=settings.topic_partitions)
+    report = BenchReport(
+        requests=requests,
+        pools=pools,
+        partitions=settings.topic_partitions,
+        event_loop=settings.event_loop,
+    )
     workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
     try:
         with own_broker(settings, name="bench", run=run) as bench:

@@ -85,6 +85,8 @@ class RecoveryReport:
     pools: int
     partitions: int
     embedding_dims: int
+    event_loop: str
+    """The worker's (`MATCHSTREAM_EVENT_LOOP`)."""
     changelog_bytes: int = 0
     baseline_s: float = 0.0
     cold: Recovery = field(default_factory=Recovery)
@@ -105,7 +107,8 @@ class RecoveryReport:
                 f"{KAFKA_VERSION} (local single node); {self.waiting:,} waiting requests in "
                 f"{self.pools:,} pair pools, {self.partitions} partitions, criteria, interests, "
                 f"attributes, {self.embedding_dims}-dim embeddings; changelog "
-                f"{self.changelog_bytes / 1024**2:,.0f} MiB."
+                f"{self.changelog_bytes / 1024**2:,.0f} MiB; worker event loop "
+                f"{self.event_loop}."
             ),
             "",
             "| phase | back after | engine rebuild | vs baseline | RSS when back | peak RSS |",
@@ -198,6 +201,7 @@ def run_recovery_bench(
         pools=pools,
         partitions=settings.topic_partitions,
         embedding_dims=embedding_dims,
+        event_loop=settings.event_loop,
     )
     try:
         with own_broker(settings, name="recovery", run=uuid.uuid4().hex[:8]) as bench:

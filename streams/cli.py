@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from streams.kafka_cli import add_kafka_parser
-from streams.runtime import tune_process
+from streams.runtime import tune_process, use_event_loop
 from streams.settings import Settings, get_settings
 
 __all__ = ["main"]
@@ -62,6 +62,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    # The baselines run in this process: on the workers' loop, they compare like with like.
+    use_event_loop(_settings_with(args).event_loop)
     code = 0
     if args.scenario in ("all", "stream"):
         from streams.bench import run_bench

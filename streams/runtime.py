@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
+from typing import Literal
 
-__all__ = ["tune_process"]
+__all__ = ["tune_process", "use_event_loop"]
 
 _YOUNG_COLLECTION_EVERY = 20_000
 """Allocations between collections of the youngest generation (Python's default: 700)."""
@@ -24,3 +26,17 @@ def tune_process() -> None:
     # default thresholds the collector walked that growing heap again and again: half
     # the CPU time of a 20,000-attendee recommend pool (18.0 s -> 12.9 s measured).
     gc.set_threshold(_YOUNG_COLLECTION_EVERY, 20, 100)
+
+
+def use_event_loop(kind: Literal["uvloop", "asyncio"]) -> None:
+    """Make every event loop this process creates from now on a `kind` loop.
+
+    Call it before the first loop exists: Faust's consumer thread and `asyncio.run`
+    take theirs from the policy set here.
+    """
+    if kind == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    else:
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())

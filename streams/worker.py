@@ -13,6 +13,7 @@ from faust.worker import Worker as FaustWorker
 
 from streams.app import Matchstream, create_app
 from streams.changelog_prefill import prefill_changelog
+from streams.runtime import use_event_loop
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -35,6 +36,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
     # Faust creates only the last level of its data directory.
     worker_dir.mkdir(parents=True, exist_ok=True)
     running_marker = worker_dir / "RUNNING"
+    use_event_loop(settings.event_loop)
     asyncio.run(ensure_topics(settings))
     stream = create_app(settings)
     if running_marker.exists():
@@ -72,6 +74,7 @@ class Worker(FaustWorker):
 
     async def on_execute(self) -> None:
         await super().on_execute()
+        log.info("event loop %s", type(asyncio.get_running_loop()).__module__)
         store = self._stream.state.data
         if not hasattr(store, "rocksdb_options"):
             return  # an in-memory store has nothing local to fill
