@@ -24,6 +24,7 @@ from faust.types import EventT, StreamT
 from agents.batch_runs import BatchRuns
 from agents.input_order import AppliedOffsets, InputOrder
 from agents.stall_guard import StallGuard
+from agents.tick_backoff import TickBackoff
 from matching.engine import Effects, MatchEngine, MisroutedError
 from models.codec import DecodeError, decode, dumps
 from models.messages import MatchConfirm, MatchRequest, PoolCommand, ProfileChange
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 _PROGRESS_LOG_INTERVAL_S = 10.0
 _STALL_CHECK_INTERVAL_S = 5.0
 _STALL_AFTER_S = 15.0
+_FAILED_TICK_FIRST_PAUSE_S = 5.0
+_FAILED_TICK_MAX_PAUSE_S = 300.0
 
 Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
 
@@ -110,6 +113,9 @@ def register(stream: Matchstream) -> None:
 
     progress = _Progress()
     runs = BatchRuns()
+    tick_backoff = TickBackoff(
+        first_delay_s=_FAILED_TICK_FIRST_PAUSE_S, max_delay_s=_FAILED_TICK_MAX_PAUSE_S
+    )
     guard = StallGuard(
         app=stream.app,
         group_id=stream.settings.app_id,
@@ -121,7 +127,9 @@ def register(stream: Matchstream) -> None:
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
-            await _process(stream, handlers, event, progress, applied, runs, reload_engine)
+            await _process(
+                stream, handlers, event, progress, applied, runs, tick_backoff, reload_engine
+            )
             guard.processed(event.message.tp, event.message.offset)
 
     @stream.app.timer(_STALL_CHECK_INTERVAL_S, name="matcher_stall_guard")
@@ -185,6 +193,7 @@ async def _process(
     progress: _Progress,
     applied: AppliedOffsets,
     runs: BatchRuns,
+    tick_backoff: TickBackoff,
     reload_engine: Callable[[], None],
 ) -> None:
     message = event.message
@@ -200,14 +209,17 @@ async def _process(
     else:
         progress.inputs += 1
     now = time.time()
+    if is_tick and tick_backoff.holds(message.partition, now):
+        return
     effects, refusal = apply_input(handler, stream.engine, event, now, reload_engine)
-    if refusal is not None and not is_tick:
-        progress.rejected += 1
-        stream.watch.metrics.dlq.labels(message.topic).inc()
-        await reject(stream.dlq, event, refusal)
     if is_tick:
+        tick_backoff.record(message.partition, failed=refusal is not None, now=now)
         effects.extend(runs.collect(stream.engine, message.partition, now))
     else:
+        if refusal is not None:
+            progress.rejected += 1
+            stream.watch.metrics.dlq.labels(message.topic).inc()
+            await reject(stream.dlq, event, refusal)
         effects.writes.append(applied.mark(message.topic, message.partition, message.offset))
     progress.writes += len(effects.writes)
     for key, record in effects.writes:
