@@ -80,6 +80,13 @@ class Settings(BaseSettings):
         le=60,
         description="MATCHSTREAM_TICK_INTERVAL_S: how often expiry and relaxation are checked.",
     )
+    stop_timeout_s: float = Field(
+        45.0,
+        gt=0,
+        description="MATCHSTREAM_STOP_TIMEOUT_S: a worker told to stop (SIGTERM, SIGINT) that "
+        "has not stopped after this long exits at once, as after a crash (the broker "
+        "unreachable, say); under Kubernetes' default grace of 60 s.",
+    )
     event_loop: Literal["uvloop", "asyncio"] = Field(
         "uvloop",
         description="MATCHSTREAM_EVENT_LOOP: the worker's event loop; `uvloop` took about an "

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
         _discard_tables(Path(stream.app.conf.tabledir), running_marker)
     running_marker.write_text(str(os.getpid()))
     logging.getLogger("matchstream").setLevel(loglevel.upper())
-    worker = Worker(stream, loglevel=loglevel, quiet=True)
+    worker = Worker(stream, stop_timeout_s=settings.stop_timeout_s, loglevel=loglevel, quiet=True)
     try:
         worker.execute_from_commandline()
     finally:
@@ -68,9 +70,16 @@ class Worker(FaustWorker):
     The class keeps Faust's name: its log says `[^Worker]: Ready`, which scripts wait for.
     """
 
-    def __init__(self, stream: Matchstream, **kwargs: Any) -> None:
+    def __init__(self, stream: Matchstream, *, stop_timeout_s: float, **kwargs: Any) -> None:
         self._stream = stream
+        self._stop_timeout_s = stop_timeout_s
         super().__init__(stream.app, **kwargs)
+
+    async def on_stop(self) -> None:
+        # Faust commits input offsets only once the changelog is flushed to the broker. With
+        # the broker unreachable that flush never ends, and the stop waited with it.
+        _exit_unless_stopped_within(self._stop_timeout_s)
+        await super().on_stop()
 
     async def on_execute(self) -> None:
         await super().on_execute()
@@ -92,3 +101,29 @@ class Worker(FaustWorker):
                 len(report.partitions),
                 report.seconds,
             )
+
+
+_STOP_TIMEOUT_EXIT_CODE = 1
+
+
+def _exit_unless_stopped_within(seconds: float) -> None:
+    """End the process `seconds` from now if it is still running then.
+
+    Exiting mid-stop is a crash, which loses nothing: offsets not committed are
+    delivered again (their `InputMark`s make that harmless), and the `RUNNING`
+    marker, left in place, makes the next start rebuild the tables from the changelog.
+    A thread, because a stuck stop can leave the event loop waiting forever.
+    """
+
+    def give_up() -> None:
+        log.error(
+            "worker did not stop within %.0f s (MATCHSTREAM_STOP_TIMEOUT_S); exiting as after "
+            "a crash",
+            seconds,
+        )
+        sys.stderr.flush()
+        os._exit(_STOP_TIMEOUT_EXIT_CODE)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()

@@ -5,6 +5,7 @@ There is no skip: if Java, Maven or the broker is missing, these tests fail.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,19 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.status().bootstrap
     finally:
         broker.stop()
+
+
+@pytest.fixture
+async def own_broker(tmp_path: Path) -> AsyncIterator[LocalKafka]:
+    """A broker of this test's own (free port, temporary dir), for tests that stop or restart it."""
+    broker = LocalKafka(
+        port=free_port(), data_dir=tmp_path / "broker", cache_dir=get_settings().kafka_cache_dir
+    )
+    await asyncio.to_thread(broker.start, 120)
+    try:
+        yield broker
+    finally:
+        await asyncio.to_thread(broker.stop)
 
 
 @pytest.fixture(scope="session")

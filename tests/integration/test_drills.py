@@ -14,7 +14,7 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -22,8 +22,8 @@ import pytest
 
 from matching.audit import AuditReport
 from streams.audit import audit_topics
-from streams.kafka_local import LocalKafka, free_port
-from streams.settings import Settings, get_settings
+from streams.kafka_local import LocalKafka
+from streams.settings import Settings
 from streams.topics import TopicNames, wait_until_consumed
 from streams.worker_process import WorkerProcess
 from tests.support.drill import (
@@ -50,19 +50,6 @@ SCALE_REQUESTS = env_int("DRILL_SCALE_REQUESTS", 10_000)
 BURST_REQUESTS = env_int("DRILL_BURST_REQUESTS", 200_000)
 BURST_RSS_LIMIT_MIB = 768
 """A worker's peak RSS must stay under this through the burst; see the burst drill."""
-
-
-@pytest.fixture
-async def own_broker(tmp_path: Path) -> AsyncIterator[LocalKafka]:
-    """A broker of this test's own (free port, temporary dir): the drill restarts it."""
-    broker = LocalKafka(
-        port=free_port(), data_dir=tmp_path / "broker", cache_dir=get_settings().kafka_cache_dir
-    )
-    await asyncio.to_thread(broker.start, 120)
-    try:
-        yield broker
-    finally:
-        await asyncio.to_thread(broker.stop)
 
 
 @pytest.fixture
