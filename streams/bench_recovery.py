@@ -235,6 +235,11 @@ async def _bench(settings: Settings, report: RecoveryReport) -> None:
         report.cold = await _recover(worker, report.waiting)
         await asyncio.to_thread(worker.stop, _WORKER_STOP_TIMEOUT_S)
         report.warm = await _recover(worker, report.waiting)
+        if "did not stop cleanly" in worker.log_text():
+            raise RecoveryBenchError(
+                "the worker's stop was cut short, so the restart rebuilt its tables: "
+                "not a warm restart"
+            )
     finally:
         # Nothing is measured after this point, and a worker holding a million
         # requests can take longer to exit cleanly than the rest of the run.

@@ -49,6 +49,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
     try:
         worker.execute_from_commandline()
     finally:
+        worker.cancel_stop_deadline()
         running_marker.unlink(missing_ok=True)
     return 0
 
@@ -73,13 +74,20 @@ class Worker(FaustWorker):
     def __init__(self, stream: Matchstream, *, stop_timeout_s: float, **kwargs: Any) -> None:
         self._stream = stream
         self._stop_timeout_s = stop_timeout_s
+        self._stop_deadline: threading.Timer | None = None
         super().__init__(stream.app, **kwargs)
 
     async def on_stop(self) -> None:
         # Faust commits input offsets only once the changelog is flushed to the broker. With
         # the broker unreachable that flush never ends, and the stop waited with it.
-        _exit_unless_stopped_within(self._stop_timeout_s)
+        if self._stop_deadline is None:
+            self._stop_deadline = _exit_unless_stopped_within(self._stop_timeout_s)
         await super().on_stop()
+
+    def cancel_stop_deadline(self) -> None:
+        """The stop is over: what is left (freeing the heap) cannot lose anything."""
+        if self._stop_deadline is not None:
+            self._stop_deadline.cancel()
 
     async def on_execute(self) -> None:
         await super().on_execute()
@@ -106,7 +114,7 @@ class Worker(FaustWorker):
 _STOP_TIMEOUT_EXIT_CODE = 1
 
 
-def _exit_unless_stopped_within(seconds: float) -> None:
+def _exit_unless_stopped_within(seconds: float) -> threading.Timer:
     """End the process `seconds` from now if it is still running then.
 
     Exiting mid-stop is a crash, which loses nothing: offsets not committed are
@@ -127,3 +135,4 @@ def _exit_unless_stopped_within(seconds: float) -> None:
     timer = threading.Timer(seconds, give_up)
     timer.daemon = True
     timer.start()
+    return timer
