@@ -79,8 +79,9 @@ class RecommendLists:
         self._queue: list[tuple[int, int, str]] = []
         """(-priority, arrival number, user_id); entries whose join was replaced are skipped."""
         self._leaves: set[str] = set()
-        self._stale: set[str] = set()
-        """Lists to publish whatever the index reports (they differ from the stored ones)."""
+        self._stale: dict[str, list[RecommendedUser]] = {}
+        """After a recovery: the stored list of each user whose ranking no longer equals it.
+        The next drain publishes these users' lists unless they equal the stored ones again."""
         self._arrivals = 0
 
     @classmethod
@@ -121,7 +122,9 @@ class RecommendLists:
             if user not in stored:
                 lists.join(user, profile, priority=priority)
         lists._stale = {
-            user for user, record in stored.items() if lists._entries(user) != record.top
+            user: record.top
+            for user, record in stored.items()
+            if lists._entries(user) != record.top
         }
         return lists
 
@@ -174,10 +177,10 @@ class RecommendLists:
         if not (self._leaves or self._stale or (joins and self._joins)):
             return []  # the common tick: nothing queued
         leaving, self._leaves = sorted(self._leaves), set()
-        stale, self._stale = self._stale, set()
+        stale, self._stale = self._stale, {}
         chunk = self._take(min(joins, DRAIN_CHUNK))
         changed = set(self.index.apply(leaving=leaving, joining=chunk))
-        writes = self._publish(sorted(changed | stale | set(leaving)), now)
+        writes = self._publish(sorted(changed | set(stale) | set(leaving)), now, last_sent=stale)
         joins -= len(chunk)
         while joins > 0 and self._joins:
             chunk = self._take(min(joins, DRAIN_CHUNK))
@@ -203,10 +206,19 @@ class RecommendLists:
             for entry in self.index.top(user_id)
         ]
 
-    def _publish(self, users: Iterable[str], now: float) -> list[ListWrite]:
+    def _publish(
+        self,
+        users: Iterable[str],
+        now: float,
+        *,
+        last_sent: Mapping[str, list[RecommendedUser]] | None = None,
+    ) -> list[ListWrite]:
+        """Records of the users' new lists; `last_sent` holds lists not to send again."""
         writes = []
         for user_id in users:
             top = self._entries(user_id)
+            if last_sent is not None and last_sent.get(user_id) == top:
+                continue  # a later change brought back the list they were sent
             if not top and user_id not in self._listed and user_id in self.versions:
                 continue  # the last list they were sent was empty too
             version = self.versions.get(user_id, 0) + 1

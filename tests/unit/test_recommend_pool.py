@@ -394,6 +394,19 @@ class World:
     top_k=1,
     min_score=0.0,
 )
+# Found by a run: the list recovered stale, and a later change restored the stored one.
+@example(
+    ops=[
+        Join("u0", None, 0, None),
+        Join("u1", Profile(embedding=[-1.0, -1.0]), 0, None),
+        Command("resume"),
+        Change("u0", Profile(embedding=[-1.0, -1.0])),
+        Crash(),
+        Change("u0", Profile()),
+    ],
+    top_k=1,
+    min_score=0.0,
+)
 def test_published_lists_equal_a_from_scratch_computation(
     ops: list[object], top_k: int, min_score: float
 ) -> None:
