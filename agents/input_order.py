@@ -9,7 +9,8 @@ it fetches from, and then drops everything it fetches for that partition (a
 stalled partition).
 
 The matcher knows the next offset it must apply on every input partition: the
-`InputMark`s in its table say which offset was applied last. `InputOrder` sits
+`InputMark`s in its table say which offset was applied last (or a little before
+it: see `AppliedOffsets`). `InputOrder` sits
 between the Kafka fetch and Faust's delivery loop and admits a message only if
 it is that next offset, or an earlier one (a redelivery, which the matcher
 skips). A later one is held back and the partition is sought back to the
@@ -35,13 +36,26 @@ log = logging.getLogger(__name__)
 
 
 class AppliedOffsets:
-    """The last applied offset per input topic partition, mirrored from `InputMark`s."""
+    """The last applied offset per input topic partition, and when to write an `InputMark`.
 
-    def __init__(self) -> None:
+    An input whose own records make it a no-op when applied again (`Effects.replay_safe`:
+    a request, once its record is stored) needs no mark of its own; skipping it saves
+    one changelog record per request. The durable mark then trails the applied offset,
+    and after a restart `InputOrder` seeks back to it and the requests in between are
+    applied again as the no-ops they are. `unmarked_limit` bounds that trail.
+    """
+
+    def __init__(self, *, unmarked_limit: int = 100) -> None:
+        if unmarked_limit < 0:
+            raise ValueError(f"unmarked_limit must not be negative, got {unmarked_limit}")
+        self.unmarked_limit = unmarked_limit
         self._offsets: dict[tuple[str, int], int] = {}
+        self._unmarked: dict[tuple[str, int], int] = {}
+        """Per partition: inputs applied since its last mark was written."""
 
     def load(self, marks: Iterable[InputMark]) -> None:
         self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
+        self._unmarked = {}
 
     def already(self, topic: str, partition: int, offset: int) -> bool:
         return offset <= self._offsets.get((topic, partition), -1)
@@ -51,8 +65,17 @@ class AppliedOffsets:
         last = self._offsets.get((topic, partition))
         return None if last is None else last + 1
 
-    def mark(self, topic: str, partition: int, offset: int) -> tuple[str, InputMark]:
-        self._offsets[(topic, partition)] = offset
+    def applied(
+        self, topic: str, partition: int, offset: int, *, replay_safe: bool
+    ) -> tuple[str, InputMark] | None:
+        """Note an applied input; the mark to write with its changes, or None if it needs none."""
+        where = (topic, partition)
+        self._offsets[where] = offset
+        unmarked = self._unmarked.get(where, 0)
+        if replay_safe and unmarked < self.unmarked_limit:
+            self._unmarked[where] = unmarked + 1
+            return None
+        self._unmarked[where] = 0
         record = InputMark(partition=partition, changed_at=time.time(), topic=topic, offset=offset)
         return mark_key(topic, partition), record
 
@@ -137,9 +160,11 @@ class InputOrder:
             )
             self._admit_next(tp, offset)
             return True
-        log.warning(
-            "input fetched past an unapplied offset topic=%s partition=%d expected=%d "
-            "fetched=%d; seeking back",
+        # Routine after a restart or a rebalance when requests trail the durable mark
+        # (`AppliedOffsets`); any other time, Faust fetched ahead of the processing.
+        log.info(
+            "input fetched past the offset after the last input mark topic=%s partition=%d "
+            "expected=%d fetched=%d; seeking back",
             tp.topic,
             tp.partition,
             expected,

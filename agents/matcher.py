@@ -5,6 +5,8 @@ still being processed, and all table writes happen inside stream iteration so
 they land in the changelog partition of the input partition. Each input's writes
 carry an `InputMark` with its offset: a message Kafka delivers again (after a
 crash or a rebalance, before its offset was committed) is skipped, not re-applied.
+Requests need no mark of their own: their ids make them no-ops the second time
+(`AppliedOffsets`).
 
 Besides the contract's inputs it consumes `matchstream.profile-change` (profiles
 sent on by `agents.profiles`) and the ticks; batch runs are computed in threads
@@ -220,12 +222,17 @@ async def _process(
             progress.rejected += 1
             stream.watch.metrics.dlq.labels(message.topic).inc()
             await reject(stream.dlq, event, refusal)
-        effects.writes.append(applied.mark(message.topic, message.partition, message.offset))
+        mark = applied.applied(
+            message.topic, message.partition, message.offset, replay_safe=effects.replay_safe
+        )
+        if mark is not None:
+            effects.writes.append(mark)
     progress.writes += len(effects.writes)
     for key, record in effects.writes:
         stream.state[key] = dumps(record)
     stream.watch.applied(
         effects.writes,
+        input_applied=not is_tick,
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,

@@ -142,6 +142,12 @@ class MatchEngine:
         Raises:
             MisroutedError: the pool lives on another partition.
         """
+        effects = self._apply_request(message, partition, now)
+        if message.type == "request":
+            effects.replay_safe = message.request_id in self.pools[message.pool_id].known_requests
+        return effects
+
+    def _apply_request(self, message: MatchRequest, partition: int, now: float) -> Effects:
         book = self._book(message.pool_id, partition)
         effects = _expire_due(book, now)
         if message.type == "cancel":

@@ -35,6 +35,10 @@ class Effects:
     notices: list[MatchStatus] = field(default_factory=list)
     jobs: list[BatchJob] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    replay_safe: bool = False
+    """Applying the input again changes nothing: a request whose id the pool now knows.
+    Its id stays known through any recovery that keeps these writes (a request record
+    is never deleted), and a known id is a no-op, so the input needs no `InputMark`."""
 
     def extend(self, other: Effects) -> None:
         self.writes.extend(other.writes)

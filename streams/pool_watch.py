@@ -55,13 +55,14 @@ class PoolWatch:
         self,
         writes: Iterable[tuple[str, StateRecord]],
         *,
+        input_applied: bool,
         topic: str,
         partition: int,
         offset: int,
         input_timestamp: float | None,
         now: float,
     ) -> None:
-        """Account for the state writes one input (or tick) caused."""
+        """Account for the state writes one input (`input_applied`) or tick caused."""
         metrics = self.metrics
         touched: set[str] = set()
         for _, record in writes:
@@ -84,7 +85,7 @@ class PoolWatch:
         for pool_id in touched:
             label = metrics.pool_label(pool_id)
             metrics.waiting.labels(label).set(self.ledgers[pool_id].waiting)
-        if any(isinstance(record, InputMark) for _, record in writes):
+        if input_applied:
             metrics.inputs.labels(topic).inc()
             self._applied[(topic, partition)] = offset
 

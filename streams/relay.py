@@ -41,7 +41,7 @@ _COMMIT_INTERVAL_S = 1.0
 """Longest acknowledged outputs wait for their commit while changelog records keep
 coming; a crash re-emits up to this much more (identical outputs)."""
 # Requests, matches and top-K lists have outputs. The rest (pool settings, profiles,
-# and the input mark every input writes) are skipped before they are decoded.
+# and input marks) are skipped before they are decoded.
 _OUTPUT_KINDS = tuple(kind_prefix(kind) for kind in ("r", "m", "k"))
 
 

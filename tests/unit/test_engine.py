@@ -659,7 +659,7 @@ def test_a_duplicate_request_id_has_no_effects(history: str) -> None:
     # Even a changed body under the same request_id is the same request.
     effects = pool.ask("r-1", "u-1", criteria={"topic": "new"}, now=9.0)
 
-    assert effects == Effects()
+    assert effects == Effects(replay_safe=True)
     assert pool.table == table_before
 
 
@@ -778,7 +778,7 @@ def test_max_waiting_rejects_requests_beyond_it() -> None:
     assert pool.record("r-3").reason == "pool_full"
     assert pool.waiting() == {"r-1", "r-2"}
     # Refused is final: the same request_id again is a duplicate.
-    assert pool.ask("r-3", "u-3", criteria={"topic": "c"}) == Effects()
+    assert pool.ask("r-3", "u-3", criteria={"topic": "c"}) == Effects(replay_safe=True)
 
 
 def test_a_full_pool_still_matches_a_request_that_finds_a_partner() -> None:

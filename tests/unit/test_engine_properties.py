@@ -573,3 +573,29 @@ def test_a_crash_and_recovery_is_invisible(
         assert _outcome(actual) == _outcome(expected), f"diverged at step {index}: {op}"
     assert crashing.table == steady.table
     crashing.finish()
+
+
+@SETTINGS
+@given(setup=_setups, scenario=_scenarios, replay_at=st.integers(0, 60))
+def test_a_replay_safe_input_applied_again_after_a_recovery_changes_nothing(
+    setup: dict[str, PoolConfig | None], scenario: list[Op], replay_at: int
+) -> None:
+    # Requests write no `InputMark` of their own, so after a restart the worker applies
+    # again those between the last mark and the committed offset (`AppliedOffsets`).
+    world = _start(setup)
+    replay_safe: list[MatchRequest] = []
+    for index, op in enumerate(scenario):
+        if index == replay_at % len(scenario):
+            world.crash()
+            for message in replay_safe:
+                effects = world._apply(world._handle(message))
+                assert _own_writes(effects) == [] and effects.notices == [], message
+        effects = world.step(op)
+        if isinstance(op, Ask):
+            assert effects.replay_safe
+            replay_safe.append(world.sent[-1])
+        elif isinstance(op, Resend) and world.sent:
+            assert effects.replay_safe
+        elif isinstance(op, Cancel | Command | Tick):
+            assert not effects.replay_safe
+    world.finish()

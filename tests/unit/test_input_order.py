@@ -117,3 +117,23 @@ def test_resuming_the_flow_expects_the_marks_again():
     assert _delivered(consumer, [(REQUESTS, 12)]) == []
     assert consumer.seeks == [{REQUESTS: 10}]
     assert applied.next_offset(REQUESTS.topic, 0) == 10
+
+
+def test_replay_safe_inputs_skip_their_mark_up_to_the_limit():
+    applied = AppliedOffsets(unmarked_limit=2)
+    marks = [applied.applied(REQUESTS.topic, 0, offset, replay_safe=True) for offset in range(6)]
+    assert [mark is not None for mark in marks] == [False, False, True, False, False, True]
+    # Every input counts as applied, marked or not.
+    assert applied.already(REQUESTS.topic, 0, 5) and not applied.already(REQUESTS.topic, 0, 6)
+    assert marks[2] is not None and marks[2][1].offset == 2
+
+
+def test_an_input_that_is_not_replay_safe_is_always_marked_and_restarts_the_count():
+    applied = AppliedOffsets(unmarked_limit=2)
+    assert applied.applied(REQUESTS.topic, 0, 0, replay_safe=True) is None
+    mark = applied.applied(REQUESTS.topic, 0, 1, replay_safe=False)
+    assert mark is not None and mark[1].offset == 1
+    assert applied.applied(REQUESTS.topic, 0, 2, replay_safe=True) is None
+    assert applied.applied(REQUESTS.topic, 0, 3, replay_safe=True) is None
+    # Counted per partition.
+    assert applied.applied(REQUESTS.topic, 1, 0, replay_safe=True) is None

@@ -28,7 +28,9 @@ def _writes_of_a_busy_pool() -> list[tuple[bytes, bytes]]:
     for number in range(5):
         request = MatchRequest(request_id=f"r{number}", pool_id="p", user_id=f"u{number}")
         effects.extend(engine.handle_request(request, partition=0, now=1.0 + number))
-        effects.writes.append(applied.mark("t.match.request", 0, number))
+        mark = applied.applied("t.match.request", 0, number, replay_safe=False)
+        assert mark is not None
+        effects.writes.append(mark)
     cancel = MatchRequest(type="cancel", request_id="r4", pool_id="p", user_id="u4")
     effects.extend(engine.handle_request(cancel, partition=0, now=9.0))
     change = ProfileChange(user_id="u9", profile=Profile(interests=["go"]), updated_at=9.0)
