@@ -42,7 +42,9 @@ class AppliedOffsets:
     a request, once its record is stored) needs no mark of its own; skipping it saves
     one changelog record per request. The durable mark then trails the applied offset,
     and after a restart `InputOrder` seeks back to it and the requests in between are
-    applied again as the no-ops they are. `unmarked_limit` bounds that trail.
+    applied again as the no-ops they are. `unmarked_limit` bounds that trail, and the
+    first input of a partition without a mark is always marked, so `InputOrder` knows
+    where every partition stands once it has seen any input.
     """
 
     def __init__(self, *, unmarked_limit: int = 100) -> None:
@@ -51,11 +53,11 @@ class AppliedOffsets:
         self.unmarked_limit = unmarked_limit
         self._offsets: dict[tuple[str, int], int] = {}
         self._unmarked: dict[tuple[str, int], int] = {}
-        """Per partition: inputs applied since its last mark was written."""
+        """Per partition with a mark: inputs applied since the mark."""
 
     def load(self, marks: Iterable[InputMark]) -> None:
         self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
-        self._unmarked = {}
+        self._unmarked = dict.fromkeys(self._offsets, 0)
 
     def already(self, topic: str, partition: int, offset: int) -> bool:
         return offset <= self._offsets.get((topic, partition), -1)
@@ -71,8 +73,8 @@ class AppliedOffsets:
         """Note an applied input; the mark to write with its changes, or None if it needs none."""
         where = (topic, partition)
         self._offsets[where] = offset
-        unmarked = self._unmarked.get(where, 0)
-        if replay_safe and unmarked < self.unmarked_limit:
+        unmarked = self._unmarked.get(where)
+        if replay_safe and unmarked is not None and unmarked < self.unmarked_limit:
             self._unmarked[where] = unmarked + 1
             return None
         self._unmarked[where] = 0

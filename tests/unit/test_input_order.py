@@ -121,19 +121,22 @@ def test_resuming_the_flow_expects_the_marks_again():
 
 def test_replay_safe_inputs_skip_their_mark_up_to_the_limit():
     applied = AppliedOffsets(unmarked_limit=2)
-    marks = [applied.applied(REQUESTS.topic, 0, offset, replay_safe=True) for offset in range(6)]
-    assert [mark is not None for mark in marks] == [False, False, True, False, False, True]
+    marks = [applied.applied(REQUESTS.topic, 0, offset, replay_safe=True) for offset in range(7)]
+    # The partition's first input is marked: InputOrder then knows where it stands.
+    assert [mark is not None for mark in marks] == [True, False, False, True, False, False, True]
     # Every input counts as applied, marked or not.
-    assert applied.already(REQUESTS.topic, 0, 5) and not applied.already(REQUESTS.topic, 0, 6)
-    assert marks[2] is not None and marks[2][1].offset == 2
+    assert applied.already(REQUESTS.topic, 0, 6) and not applied.already(REQUESTS.topic, 0, 7)
+    assert marks[3] is not None and marks[3][1].offset == 3
 
 
 def test_an_input_that_is_not_replay_safe_is_always_marked_and_restarts_the_count():
     applied = AppliedOffsets(unmarked_limit=2)
-    assert applied.applied(REQUESTS.topic, 0, 0, replay_safe=True) is None
-    mark = applied.applied(REQUESTS.topic, 0, 1, replay_safe=False)
-    assert mark is not None and mark[1].offset == 1
-    assert applied.applied(REQUESTS.topic, 0, 2, replay_safe=True) is None
-    assert applied.applied(REQUESTS.topic, 0, 3, replay_safe=True) is None
-    # Counted per partition.
-    assert applied.applied(REQUESTS.topic, 1, 0, replay_safe=True) is None
+    applied.load([InputMark(partition=0, changed_at=0.0, topic=REQUESTS.topic, offset=9)])
+    assert applied.applied(REQUESTS.topic, 0, 10, replay_safe=True) is None
+    mark = applied.applied(REQUESTS.topic, 0, 11, replay_safe=False)
+    assert mark is not None and mark[1].offset == 11
+    assert applied.applied(REQUESTS.topic, 0, 12, replay_safe=True) is None
+    assert applied.applied(REQUESTS.topic, 0, 13, replay_safe=True) is None
+    assert applied.applied(REQUESTS.topic, 0, 14, replay_safe=True) is not None
+    # Counted per partition: another one has no mark yet.
+    assert applied.applied(REQUESTS.topic, 1, 0, replay_safe=True) is not None
