@@ -9,8 +9,10 @@ is durable.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar, cast
+from sys import intern
+from typing import Annotated, Any, Literal, TypeVar, cast
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from models.messages import (
@@ -209,6 +211,7 @@ _SHARED_LIMIT = 1 << 16
 """Distinct criteria, attribute and list values kept for sharing (a few MB at most)."""
 _SHARED: dict[tuple[object, ...], object] = {}
 _Container = TypeVar("_Container", dict[str, CriterionValue], list[str])
+_Built = TypeVar("_Built", bound=BaseModel)
 
 
 def parse_state(raw: bytes) -> StateRecord:
@@ -224,11 +227,14 @@ def decode_state(raw: bytes) -> StateRecord:
     """Decode a table value written by `models.codec.dumps`.
 
     A worker holds every waiting request decoded, so their size is its memory
-    (docs/performance.md, "Recovery and memory"). Parsed straight from JSON,
-    repeated short strings (pool ids, statuses, criteria values, interests) are one
-    object each; and a record that carries every field shares one field set per
-    model instead of keeping its own.
+    (docs/performance.md, "Recovery and memory"). Repeated short strings (pool
+    ids, statuses, criteria values, interests) are one object each; and a record
+    that carries every field shares one field set per model instead of keeping
+    its own.
     """
+    request = _request_as_written(raw)
+    if request is not None:
+        return request
     record = _ANY_RECORD.validate_json(raw)
     _share_field_set(record)
     if isinstance(record, RequestState):
@@ -236,6 +242,59 @@ def decode_state(raw: bytes) -> StateRecord:
     elif isinstance(record, ProfileState):
         _share_profile_values(record.profile)
     return record
+
+
+_REQUEST_FIELDS = frozenset(RequestState.model_fields)
+_PROFILE_FIELDS = frozenset(Profile.model_fields)
+_new_instance = object.__new__
+_set_slot = object.__setattr__
+
+
+def _request_as_written(raw: bytes) -> RequestState | None:
+    """A request record built from the JSON `dumps` wrote, without validating it again.
+
+    Most of a rebuild is request records, and pydantic's validation was about half
+    of decoding one. The value was a validated `RequestState` when it was written,
+    and Kafka and RocksDB checksum what they keep, so a record with exactly the
+    model's fields (and a profile with exactly its own) is taken as it is. Anything
+    else (another kind, a field added or dropped since it was written, JSON that
+    does not parse) returns None and goes through validation, errors included.
+    """
+    try:
+        fields = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(fields) is not dict or fields.keys() != _REQUEST_FIELDS or fields["kind"] != "request":
+        return None
+    profile = fields["profile"]
+    if profile is not None:
+        if type(profile) is not dict or profile.keys() != _PROFILE_FIELDS:
+            return None
+        # A list built afresh, as `_shared` keeps the first of equal lists.
+        profile["interests"] = [intern(interest) for interest in profile["interests"]]
+        for name in ("interests", "attributes", "facts", "opinions"):
+            profile[name] = _shared(profile[name])
+        fields["profile"] = _built(Profile, profile)
+    fields["kind"] = "request"
+    fields["pool_id"] = intern(fields["pool_id"])
+    fields["status"] = intern(fields["status"])
+    if fields["reason"] is not None:
+        fields["reason"] = intern(fields["reason"])
+    fields["criteria"] = _shared(fields["criteria"])
+    # Copied: orjson's dicts keep a general key table, a third larger than the
+    # string-keyed table a fresh dict of string keys gets.
+    return _built(RequestState, dict(fields.items()))
+
+
+def _built(model: type[_Built], fields: dict[str, Any]) -> _Built:
+    # What `model_construct` does for a model without private attributes or a
+    # post-init hook (checked below), in a fraction of its time.
+    instance = _new_instance(model)
+    _set_slot(instance, "__dict__", fields)
+    _set_slot(instance, "__pydantic_fields_set__", _every_field(model))
+    _set_slot(instance, "__pydantic_extra__", None)
+    _set_slot(instance, "__pydantic_private__", None)
+    return instance
 
 
 def share_repeated_values(request: RequestState) -> None:
@@ -260,15 +319,16 @@ def _share_profile_values(profile: Profile) -> None:
 
 
 def _shared(value: _Container) -> _Container:
+    key: tuple[object, ...]
     if isinstance(value, dict):
-        # Typed, and floats by their bits: `1`, `1.0` and `true` (or `0.0` and `-0.0`)
-        # are equal in Python, not in JSON.
-        key: tuple[object, ...] = (
-            "dict",
-            *[(k, type(v), v.hex() if isinstance(v, float) else v) for k, v in value.items()],
-        )
+        values = value.values()
+        # Equal in Python, not in JSON: `1`, `1.0` and `true` (told apart by type), and
+        # `0.0` and `-0.0` (by their bits; `0.0 in` also finds `0` and `false`).
+        key = (tuple(value.items()), tuple(map(type, values)))
+        if 0.0 in values:
+            key = (*key, tuple(v.hex() if isinstance(v, float) else None for v in values))
     else:
-        key = ("list", *value)  # strings only
+        key = tuple(value)  # strings only, so never equal to a dict's key of tuples
     found = _SHARED.get(key)
     if found is None:
         if len(_SHARED) < _SHARED_LIMIT:
@@ -280,9 +340,19 @@ def _shared(value: _Container) -> _Container:
 def _share_field_set(model: BaseModel) -> None:
     # Pydantic only adds names to a model's field set (on assignment; `model_copy`
     # copies it first), and this one holds every name already, so no model sees a change.
-    every = _EVERY_FIELD.get(type(model))
-    if every is None:
-        every = _EVERY_FIELD[type(model)] = set(type(model).model_fields)
+    every = _every_field(type(model))
     # A field set only ever holds the model's own names, so equal size means equal.
     if len(model.__pydantic_fields_set__) == len(every):
         object.__setattr__(model, "__pydantic_fields_set__", every)
+
+
+def _every_field(model: type[BaseModel]) -> set[str]:
+    every = _EVERY_FIELD.get(model)
+    if every is None:
+        every = _EVERY_FIELD[model] = set(model.model_fields)
+    return every
+
+
+for _model in (RequestState, Profile):
+    # `_built` leaves out what `model_construct` does for these.
+    assert _model.__pydantic_post_init__ is None and not _model.__private_attributes__
