@@ -43,6 +43,10 @@ _STALL_CHECK_INTERVAL_S = 5.0
 _STALL_AFTER_S = 15.0
 _FAILED_TICK_FIRST_PAUSE_S = 5.0
 _FAILED_TICK_MAX_PAUSE_S = 300.0
+_INDEX_INTERVAL_S = 0.02
+_INDEX_SLICE_S = 0.02
+"""Pools indexed after a recovery, per turn: input waits at most about this long (plus
+one pool's index) behind them, and they take about half of a busy worker's time."""
 
 Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
 
@@ -112,6 +116,19 @@ def register(stream: Matchstream) -> None:
             waiting,
             time.monotonic() - started,
         )
+        indexing.since_rebuild(started, stream.engine.unindexed_pools)
+
+    indexing = _Indexing()
+
+    @stream.app.timer(_INDEX_INTERVAL_S, name="matcher_partner_indexes")
+    async def index_recovered_pools() -> None:
+        if not indexing.pending:
+            return
+        deadline = time.monotonic() + _INDEX_SLICE_S
+        while stream.engine.index_next_pool():
+            if time.monotonic() >= deadline:
+                return
+        indexing.done()
 
     progress = _Progress()
     runs = BatchRuns()
@@ -158,6 +175,27 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+class _Indexing:
+    """Logs when the partner indexes a rebuild left out are all built."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self._rebuild_started = 0.0
+        self._pools = 0
+
+    def since_rebuild(self, started: float, pools: int) -> None:
+        self.pending, self._rebuild_started, self._pools = True, started, pools
+
+    def done(self) -> None:
+        self.pending = False
+        # Timed from the rebuild's start, as its own line is: the two compare directly.
+        log.info(
+            "partner indexes built pools=%d seconds=%.3f",
+            self._pools,
+            time.monotonic() - self._rebuild_started,
+        )
 
 
 class _Progress:

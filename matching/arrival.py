@@ -74,6 +74,8 @@ def find_partners(
         `members_per_match - 1` waiting requests, each with its `score_pair` with
         the newcomer, as `scan_partners` picks them.
     """
+    if book.index_deferred:
+        book.index_now()  # the first search since a recovery: index once rather than scan
     search = None
     if book.partners is not None:
         search = book.partners.search(newcomer, now, at_least=SCAN_BELOW)

@@ -12,6 +12,7 @@ Pools match on arrival (`pair`, `group`: `matching.arrival`), keep top-K lists
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
 from matching.arrival import find_partners, form_match
@@ -69,6 +70,8 @@ class MatchEngine:
         self._pools_by_partition: dict[int, list[PoolBook]] = {}
         """Ticks arrive per partition; this spares each one a walk over every pool."""
         self.profiles = ProfileDirectory()
+        self._unindexed: deque[str] = deque()
+        """Pools a recovery left to index later (`index_next_pool`), by pool_id."""
 
     # -- recovery -----------------------------------------------------------------
 
@@ -76,6 +79,7 @@ class MatchEngine:
         """Replace all in-memory state with the records of the state table."""
         self.pools.clear()
         self._pools_by_partition.clear()
+        self._unindexed.clear()
         requests: list[RequestState] = []
         profiles: list[ProfileState] = []
         lists: dict[str, dict[str, MatchRecommendations]] = {}
@@ -124,7 +128,8 @@ class MatchEngine:
             if known is None or request_id not in known.known_requests:
                 self._book(pool_id, match.partition).unrecorded[request_id] = match
         for book in self.pools.values():
-            book.index_now()
+            if book.index_deferred:
+                self._unindexed.append(book.pool_id)
             if book.config.mode == "recommend":
                 book.lists = RecommendLists.rebuild(
                     pool_id=book.pool_id,
@@ -133,6 +138,25 @@ class MatchEngine:
                     active=[(r.user_id, r.profile, r.priority) for r in book.waiting.values()],
                     stored=lists.get(book.pool_id, {}),
                 )
+
+    @property
+    def unindexed_pools(self) -> int:
+        """Pools a recovery left to index; some may have been indexed by a search since."""
+        return len(self._unindexed)
+
+    def index_next_pool(self) -> bool:
+        """Index the partners of one pool a recovery left unindexed; False once none is left.
+
+        Building the partner indexes was about a third of a rebuild, so `load` leaves
+        it out and the worker takes input sooner: a pool's first search indexes it,
+        and the worker calls this between inputs until every pool is done.
+        """
+        while self._unindexed:
+            book = self.pools.get(self._unindexed.popleft())
+            if book is not None and book.index_deferred:
+                book.index_now()
+                return True
+        return False
 
     # -- inputs -------------------------------------------------------------------
 

@@ -86,7 +86,8 @@ class PoolBook:
         self.partners: PartnerIndex | None = None
         """Vectorised partner search, kept while a `pair`/`group` pool has many waiting."""
         self.index_deferred = False
-        """While a recovery adds every waiting request; `index_now` then indexes them at once."""
+        """From a recovery until `index_now` indexes every waiting request at once (on the
+        pool's first search, or when the worker gets to it: `MatchEngine.index_next_pool`)."""
         self._buckets: dict[BucketKey, dict[str, RequestState]] = {}
         self._expiries: list[tuple[float, str]] = []
 
@@ -166,6 +167,7 @@ class PoolBook:
         for request in waiting:
             self._buckets.setdefault(self.bucket_key(request), {})[request.request_id] = request
         self.partners = None
+        self.index_deferred = False
         if len(waiting) >= INDEX_FROM:
             self._index_partners()
 

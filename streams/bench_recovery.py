@@ -18,8 +18,9 @@ Three phases on a fresh local broker:
    directory, so it reads only the changelog's tail, then rebuilds the engine.
 
 Each recovery is timed from the process start to the log line saying the engine
-was rebuilt with every waiting request; RSS is read from `/proc` once it is back
-(`VmRSS`) and at its peak (`VmHWM`).
+was rebuilt with every waiting request, when the worker takes input again, and
+to the line saying the partner indexes the rebuild left for later are built; RSS
+is read from `/proc` then (`VmRSS`) and at its peak (`VmHWM`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ _CITIES = [f"city-{n}" for n in range(50)]
 _LANGUAGES = ["en", "de", "fr", "es"]
 _TAGS = [f"tag-{n}" for n in range(60)]
 _REBUILT = re.compile(r"engine rebuilt pools=(\d+) waiting=(\d+) seconds=([0-9.]+)")
+_INDEXED = re.compile(r"partner indexes built pools=\d+ seconds=[0-9.]+")
 _TARGET_S = 60.0
 _TARGET_RSS_MIB = 2_048.0
 
@@ -75,6 +77,8 @@ class Recovery:
     seconds: float = 0.0
     engine_seconds: float = 0.0
     """Of `seconds`, the rebuild of the engine from the restored table."""
+    indexed_seconds: float = 0.0
+    """From the start until the partner indexes left out of the rebuild were built."""
     rss_mib: float = 0.0
     peak_rss_mib: float = 0.0
 
@@ -96,6 +100,7 @@ class RecoveryReport:
         def row(label: str, recovery: Recovery) -> str:
             return (
                 f"| {label} | {recovery.seconds:.1f} s | {recovery.engine_seconds:.1f} s "
+                f"| {recovery.indexed_seconds:.1f} s "
                 f"| {recovery.seconds / self.baseline_s:.1f} | {recovery.rss_mib:,.0f} MiB "
                 f"| {recovery.peak_rss_mib:,.0f} MiB |"
             )
@@ -111,20 +116,25 @@ class RecoveryReport:
                 f"{self.event_loop}."
             ),
             "",
-            "| phase | back after | engine rebuild | vs baseline | RSS when back | peak RSS |",
-            "|---|---|---|---|---|---|",
             (
-                f"| bare read of the changelog (baseline) | {self.baseline_s:.3f} s | - | 1.0 "
-                "| - | - |"
+                "| phase | back after | engine rebuild | partner indexes built after "
+                "| back, vs baseline | RSS when indexed | peak RSS |"
+            ),
+            "|---|---|---|---|---|---|---|",
+            (
+                f"| bare read of the changelog (baseline) | {self.baseline_s:.3f} s | - | - "
+                "| 1.0 | - | - |"
             ),
             row("cold recovery (empty data directory)", self.cold),
             row("warm restart (RocksDB kept)", self.warm),
             "",
             (
                 f"Targets: back in under {_TARGET_S:.0f} s (cold {self.cold.seconds:.1f} s, warm "
-                f"{self.warm.seconds:.1f} s); at most {_TARGET_RSS_MIB:,.0f} MiB "
-                f"({self.cold.rss_mib:,.0f} MiB when back, about {per_request:,.0f} bytes per "
-                "waiting request including the worker's own footprint)."
+                f"{self.warm.seconds:.1f} s; every partner index built after "
+                f"{self.cold.indexed_seconds:.1f} and {self.warm.indexed_seconds:.1f} s); at most "
+                f"{_TARGET_RSS_MIB:,.0f} MiB ({self.cold.rss_mib:,.0f} MiB once indexed, about "
+                f"{per_request:,.0f} bytes per waiting request including the worker's own "
+                "footprint)."
             ),
         ]
         return "\n".join(lines)
@@ -326,27 +336,33 @@ async def _recover(worker: WorkerProcess, waiting: int) -> Recovery:
     started = time.monotonic()
     worker.start()
     deadline = started + _RECOVERY_TIMEOUT_S
+    recovery = None
     while True:
-        rebuilt = [
-            (int(found[1]), float(found[2])) for found in _REBUILT.findall(worker.log_text())
-        ]
-        complete = [seconds for held, seconds in rebuilt if held == waiting]
-        if complete:
-            recovery = Recovery(seconds=time.monotonic() - started, engine_seconds=complete[-1])
+        text = worker.log_text()
+        if recovery is None:
+            rebuilt = [(int(found[1]), float(found[2])) for found in _REBUILT.findall(text)]
+            complete = [seconds for held, seconds in rebuilt if held == waiting]
+            if complete:
+                recovery = Recovery(seconds=time.monotonic() - started, engine_seconds=complete[-1])
+        # Each rebuild logs its indexes once they are built.
+        if recovery is not None and len(_INDEXED.findall(text)) >= len(_REBUILT.findall(text)):
+            recovery.indexed_seconds = time.monotonic() - started
             break
         if not worker.running:
-            raise RecoveryBenchError(f"the worker exited:\n{worker.log_text()[-3000:]}")
+            raise RecoveryBenchError(f"the worker exited:\n{text[-3000:]}")
         if time.monotonic() > deadline:
             raise RecoveryBenchError(
-                f"not back with {waiting:,} waiting after {_RECOVERY_TIMEOUT_S:.0f} s:\n"
-                f"{worker.log_text()[-3000:]}"
+                f"not back with {waiting:,} waiting and indexed after "
+                f"{_RECOVERY_TIMEOUT_S:.0f} s:\n{text[-3000:]}"
             )
         await asyncio.sleep(_POLL_S)
     recovery.rss_mib, recovery.peak_rss_mib = _rss_mib(worker.pid)
     log.info(
-        "bench.recovery.back seconds=%.1f engine_seconds=%.1f rss_mib=%.0f peak_rss_mib=%.0f",
+        "bench.recovery.back seconds=%.1f engine_seconds=%.1f indexed_seconds=%.1f "
+        "rss_mib=%.0f peak_rss_mib=%.0f",
         recovery.seconds,
         recovery.engine_seconds,
+        recovery.indexed_seconds,
         recovery.rss_mib,
         recovery.peak_rss_mib,
     )

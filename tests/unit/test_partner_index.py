@@ -19,10 +19,11 @@ import matching.arrival
 import matching.partner_index
 import matching.pool
 from matching.arrival import find_partners, scan_partners
+from matching.engine import MatchEngine
 from matching.partner_index import PartnerIndex
 from matching.pool import PoolBook
-from models.messages import PoolConfig, Profile
-from models.state import RequestState
+from models.messages import MatchRequest, PoolConfig, Profile
+from models.state import PoolState, RequestState
 
 SETTINGS = settings(max_examples=200, deadline=None)
 NOW = 40.0
@@ -187,20 +188,28 @@ def test_a_pool_indexed_at_once_answers_as_one_indexed_request_by_request(
         one_by_one = book_of(config, requests)
         at_once = PoolBook(pool_id="pool", partition=0, config=config)
         at_once.index_deferred = True
+        lazily = PoolBook(pool_id="pool", partition=0, config=config)
+        lazily.index_deferred = True
         for item in requests:
             at_once.add_waiting(item)
+            lazily.add_waiting(item)
         assert at_once.partners is None
         at_once.index_now()
-        # Slots freed and taken again after the bulk fill behave as any others.
-        for book in (one_by_one, at_once):
+        # Slots freed and taken again after the bulk fill behave as any others; the
+        # lazy book changes before it is indexed, by its first search.
+        for book in (one_by_one, at_once, lazily):
             for adding, number, fields in later:
                 book.remove_waiting(f"r-{number:04d}")
                 if adding:
                     book.add_waiting(request(number, **fields))
         assert (at_once.partners is None) == (one_by_one.partners is None)
+        assert lazily.partners is None
         expected = answer(find_partners(one_by_one, asking, NOW))
         assert answer(find_partners(at_once, asking, NOW)) == expected
         assert answer(scan_partners(at_once, asking, NOW)) == expected
+        assert answer(find_partners(lazily, asking, NOW)) == expected
+        assert not lazily.index_deferred
+        assert (lazily.partners is None) == (one_by_one.partners is None)
 
 
 # -- examples -----------------------------------------------------------------------
@@ -347,3 +356,35 @@ def test_scores_closer_than_float32_rank_as_the_loop() -> None:
             asking = request(number, profile=Profile(embedding=base))
             found = find_partners(book, asking, NOW)
             assert answer(found) == answer(scan_partners(book, asking, NOW))
+
+
+def test_a_recovery_leaves_partner_indexes_to_the_first_search_or_the_worker() -> None:
+    config = PoolConfig(mode="pair", match_on=["level"], min_score=0.0)
+    records: list[Any] = [
+        PoolState(pool_id=pool, config=config, partition=0, changed_at=0.0)
+        for pool in ("searched", "background", "small")
+    ]
+    for pool, waiting in (("searched", 100), ("background", 100), ("small", 3)):
+        records += [
+            request(number, criteria={"level": "b"}).model_copy(update={"pool_id": pool})
+            for number in range(waiting)
+        ]
+    engine = MatchEngine()
+    engine.load(records)
+    assert [book.partners for book in engine.pools.values()] == [None, None, None]
+    assert engine.unindexed_pools == 3
+
+    asking = MatchRequest(
+        request_id="new", pool_id="searched", user_id="u-new", criteria={"level": "b"}
+    )
+    effects = engine.handle_request(asking, partition=0, now=NOW)
+
+    assert [record.kind for _, record in effects.writes] == ["match", "request", "request"]
+    assert engine.pools["searched"].partners is not None
+    assert engine.index_next_pool()  # "background"; "searched" is done already
+    assert engine.pools["background"].partners is not None
+    assert engine.index_next_pool()  # "small": too few waiting for an index
+    assert engine.pools["small"].partners is None
+    assert not engine.pools["small"].index_deferred
+    assert not engine.index_next_pool()
+    assert engine.unindexed_pools == 0
