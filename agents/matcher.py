@@ -15,6 +15,7 @@ sent on by `agents.profiles`) and the ticks; batch runs are computed in threads
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -43,10 +44,10 @@ _STALL_CHECK_INTERVAL_S = 5.0
 _STALL_AFTER_S = 15.0
 _FAILED_TICK_FIRST_PAUSE_S = 5.0
 _FAILED_TICK_MAX_PAUSE_S = 300.0
-_INDEX_INTERVAL_S = 0.02
+_INDEX_CHECK_INTERVAL_S = 0.1
 _INDEX_SLICE_S = 0.02
-"""Pools indexed after a recovery, per turn: input waits at most about this long (plus
-one pool's index) behind them, and they take about half of a busy worker's time."""
+"""Pools indexed after a recovery, per turn of the event loop: input waits at most about
+this long (plus one pool's index) behind them."""
 
 Handler = Callable[[MatchEngine, bytes | None, int, float], Effects]
 
@@ -120,14 +121,14 @@ def register(stream: Matchstream) -> None:
 
     indexing = _Indexing()
 
-    @stream.app.timer(_INDEX_INTERVAL_S, name="matcher_partner_indexes")
+    @stream.app.timer(_INDEX_CHECK_INTERVAL_S, name="matcher_partner_indexes")
     async def index_recovered_pools() -> None:
-        if not indexing.pending:
-            return
+        # Also after `reload_engine`, which does not log its rebuild.
         deadline = time.monotonic() + _INDEX_SLICE_S
         while stream.engine.index_next_pool():
             if time.monotonic() >= deadline:
-                return
+                await asyncio.sleep(0)  # let waiting input in
+                deadline = time.monotonic() + _INDEX_SLICE_S
         indexing.done()
 
     progress = _Progress()
@@ -181,15 +182,17 @@ class _Indexing:
     """Logs when the partner indexes a rebuild left out are all built."""
 
     def __init__(self) -> None:
-        self.pending = False
+        self._pending = False
         self._rebuild_started = 0.0
         self._pools = 0
 
     def since_rebuild(self, started: float, pools: int) -> None:
-        self.pending, self._rebuild_started, self._pools = True, started, pools
+        self._pending, self._rebuild_started, self._pools = True, started, pools
 
     def done(self) -> None:
-        self.pending = False
+        if not self._pending:
+            return
+        self._pending = False
         # Timed from the rebuild's start, as its own line is: the two compare directly.
         log.info(
             "partner indexes built pools=%d seconds=%.3f",

@@ -209,7 +209,6 @@ def test_a_pool_indexed_at_once_answers_as_one_indexed_request_by_request(
         assert answer(scan_partners(at_once, asking, NOW)) == expected
         assert answer(find_partners(lazily, asking, NOW)) == expected
         assert not lazily.index_deferred
-        assert (lazily.partners is None) == (one_by_one.partners is None)
 
 
 # -- examples -----------------------------------------------------------------------
