@@ -29,7 +29,11 @@ shares, and removes everything when done. Three phases, one after the other:
    seconds into fresh unconfigured (`pair`) pools, two per pool, so the second
    request of each pool completes a match on arrival. Latency = the moment the
    `match.found` is consumed minus the moment the completing request was sent,
-   both on this process's monotonic clock.
+   both on this process's monotonic clock. The phase runs twice: as the cores
+   come, shared by the worker, the broker and this process, and then with the
+   worker on a core of its own and the broker and this process on the others
+   (`streams.bench_cores`), as in a deployment where the broker runs elsewhere.
+   A last run at a few requests a second gives the path's floor.
 
 Worker CPU is read from `/proc/<pid>/stat` (user + system time) every 100 ms and
 interpolated to each phase; the main thread's run-queue wait from
@@ -63,6 +67,8 @@ from aiokafka.errors import KafkaError
 
 from models.codec import dumps, loads, utc_now_iso
 from models.messages import TERMINAL_STATUSES
+from models.state import kind_prefix
+from streams.bench_cores import worker_on_own_core
 from streams.kafka_local import KAFKA_VERSION, LocalKafka, LocalKafkaError, free_port
 from streams.produce import produce_messages
 from streams.settings import Settings
@@ -92,6 +98,8 @@ _BATCH_RECORDS = 5_000
 _OVERSUBSCRIBED = 0.10
 """Run-queue share of the worker above which the report warns about a busy machine."""
 _FALLING_BEHIND_MS = 250.0
+# A match record's changelog key as Faust writes it (a JSON string), less its closing quote.
+_MATCH_KEY_JSON = dumps(kind_prefix("m"))[:-1]
 """A late-phase median latency above this, and twice the early one, means a backlog."""
 
 
@@ -113,6 +121,11 @@ class LatencyRun:
     record to the state changelog and the relay's `match.found` (record timestamps);
     wall clock, 1 ms resolution."""
     cpu_s_per_1k: float = 0.0
+    runqueue_share: float = 0.0
+    """Share of the phase the worker's main thread was runnable but not running."""
+    client_cpu_s_per_1k: float = 0.0
+    """This process's own CPU (sending, receiving, timing) per 1,000 requests: the
+    bench shares the cores with the worker and the broker."""
 
     def percentiles(self) -> tuple[float, float]:
         ordered = sorted(self.latencies_ms)
@@ -151,6 +164,8 @@ class BenchReport:
     outcomes: Counter[str] = field(default_factory=Counter)
     paced: LatencyRun = field(default_factory=LatencyRun)
     """At half the matcher's saturating rate."""
+    isolated: LatencyRun | None = None
+    """The same rate with the worker on a core of its own; None on a single core."""
     floor: LatencyRun = field(default_factory=LatencyRun)
     """At `_FLOOR_RATE`."""
     cpu_s_per_1k: float = 0.0
@@ -183,6 +198,16 @@ class BenchReport:
         to each record, so no design with as many records per input can go faster.
         """
         return 1 / max(self._records_per_input() * self._relay_cpu_per_record(), 1e-9)
+
+    def _isolated_sentence(self) -> str:
+        run = self.isolated
+        if run is None:
+            return ""
+        return (
+            f"With a core of its own, at the same rate: worker CPU {run.cpu_s_per_1k:.2f} s "
+            f"per 1,000 requests; its main thread waited for that core "
+            f"{run.runqueue_share:.0%} of the phase (the worker's other threads share it). "
+        )
 
     def markdown(self) -> str:
         """The report as a machine line and a Markdown table."""
@@ -218,6 +243,13 @@ class BenchReport:
                 self.paced.legs(),
             ),
             (
+                "worker on a core of its own, broker and bench on the others: latency and legs"
+                + (f" at {self.isolated.rate:,.0f}/s" if self.isolated else ""),
+                f"{_latency_cell(self.isolated)}; {self.isolated.legs()}"
+                if self.isolated
+                else "- (one core)",
+            ),
+            (
                 f"floor, worker idle between requests: latency and legs at {self.floor.rate:.0f}/s",
                 f"{_latency_cell(self.floor)}; {self.floor.legs()}",
             ),
@@ -247,9 +279,13 @@ class BenchReport:
         late = _percentile(sorted(latencies[-quarter:]), 50)
         paced = (
             f"Latency phase: {self.paced.expected:,} pairs; worker CPU "
-            f"{self.paced.cpu_s_per_1k:.2f} s per 1,000 requests; median latency "
+            f"{self.paced.cpu_s_per_1k:.2f} s per 1,000 requests, and its main thread waited "
+            f"for a free core {self.paced.runqueue_share:.0%} of the phase; this bench "
+            f"process used {self.paced.client_cpu_s_per_1k:.2f} s of CPU per 1,000 requests "
+            f"sending and timing them; median latency "
             f"{early:.0f} ms in the first quarter, {late:.0f} ms in the last. "
-            f"Floor phase: {self.floor.expected:,} pairs; worker CPU "
+            + self._isolated_sentence()
+            + f"Floor phase: {self.floor.expected:,} pairs; worker CPU "
             f"{self.floor.cpu_s_per_1k:.2f} s per 1,000 requests (its idle work included)."
         )
         if late > 2 * early and late > _FALLING_BEHIND_MS:
@@ -369,6 +405,11 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
             await _measure_matcher(settings, worker, workload, len(messages), report)
             report.paced.rate = max(10.0, round(report.matcher_rate / 2))
             await _measure_latency(settings, worker, report.paced)
+            others = [os.getpid(), *_broker_pids(settings)]
+            with worker_on_own_core(worker.pid, others) as core:
+                if core is not None:
+                    report.isolated = LatencyRun(rate=report.paced.rate)
+                    await _measure_latency(settings, worker, report.isolated)
             report.floor.rate = _FLOOR_RATE
             await _measure_latency(settings, worker, report.floor)
         finally:
@@ -377,6 +418,14 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
         report.peak_rss_mib = worker.peak_rss_mib()
     finally:
         await asyncio.to_thread(worker.stop, _WORKER_STOP_TIMEOUT_S)
+
+
+def _broker_pids(settings: Settings) -> list[int]:
+    """The JVM of the run's broker (`own_broker` put its files in the run's data dir)."""
+    kafka = LocalKafka(
+        port=settings.broker_port, data_dir=settings.data_dir, cache_dir=settings.kafka_cache_dir
+    )
+    return [pid for node in kafka.nodes if (pid := node.running_pid()) is not None]
 
 
 # -- phase 1: the bare relay -----------------------------------------------------------
@@ -612,10 +661,9 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
     changelog = _changelog_topic(settings)
     async with _Offsets(hosts) as offsets:
         ends = await offsets.ends(names.found, changelog)
-        partitions = await offsets.partitions(names.found, changelog)
+        partitions = await offsets.partitions(names.found)
+        changelog_partitions = await offsets.partitions(changelog)
     sent: dict[str, tuple[float, float]] = {}
-    appended: dict[str, float] = {}
-    """match_id -> broker timestamp of the match's final record in the changelog."""
     found: list[tuple[str, float, float, float, float]] = []
     consumer = AIOKafkaConsumer(
         bootstrap_servers=hosts, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
@@ -627,8 +675,8 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
         for tp in partitions:
             consumer.seek(tp, ends.get(tp, 0))
         await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
-        receiver = asyncio.create_task(_receive(consumer, changelog, sent, appended, found, run))
-        started = time.time()
+        receiver = asyncio.create_task(_receive(consumer, sent, found, run))
+        started, client_cpu_started = time.time(), time.process_time()
         try:
             await asyncio.wait_for(
                 _send_paced(producer, names.request, rate, count, sent),
@@ -640,14 +688,22 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
                 "the latency phase's matches",
                 fail=False,
             )
-            cpu, _ = worker.cpu_between(started, time.time())
+            ended = time.time()
+            cpu, waited = worker.cpu_between(started, ended)
             run.cpu_s_per_1k = cpu / (count / 1_000)
+            run.runqueue_share = waited / max(ended - started, 1e-3)
+            run.client_cpu_s_per_1k = (time.process_time() - client_cpu_started) / (count / 1_000)
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
             await producer.stop()
     finally:
         await consumer.stop()
+    # Read once the phase is over: the changelog leg is timed by the broker's append
+    # timestamps, and reading the changelog during the phase took cores from the worker.
+    appended = await _final_match_appends(
+        hosts, {tp: ends.get(tp, 0) for tp in changelog_partitions}
+    )
     run.legs_ms = [
         (
             (decided - sent_at) * 1_000,
@@ -697,23 +753,17 @@ async def _send_paced(
 
 async def _receive(
     consumer: AIOKafkaConsumer,
-    changelog: str,
     sent: dict[str, tuple[float, float]],
-    appended: dict[str, float],
     found: list[tuple[str, float, float, float, float]],
     run: LatencyRun,
 ) -> None:
-    """Time each paced match on arrival; note when its final record reached the changelog."""
+    """Time each paced match on arrival."""
     while True:
         batches = await consumer.getmany(timeout_ms=200)
         now, now_wall = time.monotonic(), time.time()
-        for tp, records in batches.items():
+        for records in batches.values():
             for record in records:
                 value = loads(record.value)
-                if tp.topic == changelog:
-                    if value.get("kind") == "match" and value.get("state") == "final":
-                        appended.setdefault(value["found"]["match_id"], record.timestamp / 1_000)
-                    continue
                 decided = datetime.fromisoformat(value["created_at"]).timestamp()
                 for member in value["members"]:
                     at = sent.pop(member["request_id"], None)
@@ -722,6 +772,43 @@ async def _receive(
                         found.append(
                             (value["match_id"], at[1], decided, record.timestamp / 1_000, now_wall)
                         )
+
+
+async def _final_match_appends(hosts: str, starts: dict[TopicPartition, int]) -> dict[str, float]:
+    """match_id -> broker timestamp (s) of the match's final record, changelog from `starts`."""
+    async with _Offsets(hosts) as offsets:
+        ends = await offsets.ends(*{tp.topic for tp in starts})
+    unread = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
+    appended: dict[str, float] = {}
+    if not unread:
+        return appended
+    consumer = AIOKafkaConsumer(bootstrap_servers=hosts, group_id=None, enable_auto_commit=False)
+    await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
+    try:
+        consumer.assign(list(unread))
+        for tp in unread:
+            consumer.seek(tp, starts.get(tp, 0))
+
+        async def drain() -> None:
+            while unread:
+                batches = await consumer.getmany(timeout_ms=500, max_records=_BATCH_RECORDS)
+                for tp, records in batches.items():
+                    for record in records:
+                        # Decoded only for match records: most of the changelog is requests.
+                        if record.offset < ends[tp] and (record.key or b"").startswith(
+                            _MATCH_KEY_JSON
+                        ):
+                            value = loads(record.value)
+                            if value.get("state") == "final":
+                                match_id = value["found"]["match_id"]
+                                appended.setdefault(match_id, record.timestamp / 1_000)
+                    if records and records[-1].offset + 1 >= ends[tp]:
+                        unread.pop(tp, None)
+
+        await asyncio.wait_for(drain(), _CLIENT_TIMEOUT_S)
+    finally:
+        await consumer.stop()
+    return appended
 
 
 async def _all_received(run: LatencyRun) -> bool:
