@@ -34,8 +34,9 @@ def threads_of(pid: int) -> list[int]:
 def worker_on_own_core(worker_pid: int, other_pids: Iterable[int]) -> Iterator[set[int] | None]:
     """Pin `worker_pid` to one core and `other_pids` to the others; undo on exit.
 
-    Yields the worker's core set, or None when there is a single core (nothing
-    is changed then). Affinities are restored to what this process may use.
+    Yields the worker's core set, or None when there is a single core or the
+    system refuses the change (nothing stays changed then). Affinities are
+    restored to what this process may use.
     """
     cores = os.sched_getaffinity(0)
     if len(cores) < 2:
@@ -43,16 +44,24 @@ def worker_on_own_core(worker_pid: int, other_pids: Iterable[int]) -> Iterator[s
         return
     worker_core = {max(cores)}
     elsewhere = cores - worker_core
-    others = list(other_pids)
+    pids = [worker_pid, *other_pids]
     try:
-        _pin(worker_pid, worker_core)
-        for pid in others:
-            _pin(pid, elsewhere)
+        try:
+            _pin(worker_pid, worker_core)
+            for pid in pids[1:]:
+                _pin(pid, elsewhere)
+        except PermissionError as exc:
+            log.warning("bench.cores.refused error=%r", exc)
+            yield None
+            return
         log.info("bench.cores worker=%s others=%s", sorted(worker_core), sorted(elsewhere))
         yield worker_core
     finally:
-        for pid in (worker_pid, *others):
-            _pin(pid, cores)
+        for pid in pids:
+            try:
+                _pin(pid, cores)
+            except PermissionError as exc:
+                log.warning("bench.cores.restore_refused pid=%d error=%r", pid, exc)
 
 
 def _pin(pid: int, cores: set[int]) -> None:

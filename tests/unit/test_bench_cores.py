@@ -77,3 +77,21 @@ def test_a_process_that_exited_has_no_threads() -> None:
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait(timeout=10)
     assert threads_of(exited.pid) == []
+
+
+def test_a_refused_change_is_reported_as_no_split(
+    processes: list[subprocess.Popen[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker, other = processes
+    before = _affinities(worker.pid)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def refuse(thread: int, cores: set[int]) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+
+    with worker_on_own_core(worker.pid, [other.pid]) as worker_core:
+        assert worker_core is None
+    monkeypatch.undo()
+    assert _affinities(worker.pid) == before
