@@ -248,6 +248,10 @@ def test_statefulset_runs_workers_safely(
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert worker["securityContext"]["readOnlyRootFilesystem"] is True
     assert {"requests", "limits"} <= worker["resources"].keys()
+    # The memory target (README): 1,000,000 waiting requests in at most 2 GiB. A lower
+    # limit kills a worker that holds that many in the middle of its recovery.
+    assert _mebibytes(worker["resources"]["limits"]["memory"]) >= 2048
+    assert _mebibytes(worker["resources"]["requests"]["memory"]) >= 2048
     (claim,) = spec["volumeClaimTemplates"]
     mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
     assert mounts[claim["metadata"]["name"]] == "/var/lib/matchstream"
@@ -452,3 +456,12 @@ def test_workers_define_every_metric_the_dashboard_and_alerts_use() -> None:
         | {name: "Histogram" for name in HISTOGRAMS}
     )
     assert {name: defined.get(name) for name in expected} == expected
+
+
+def _mebibytes(quantity: str) -> float:
+    """A Kubernetes memory quantity in binary units (Mi, Gi) as MiB."""
+    units = {"Mi": 1, "Gi": 1024}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    raise AssertionError(f"unexpected memory quantity {quantity!r}")
