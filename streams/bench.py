@@ -61,7 +61,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Self
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -98,9 +98,9 @@ _BATCH_RECORDS = 5_000
 _OVERSUBSCRIBED = 0.10
 """Run-queue share of the worker above which the report warns about a busy machine."""
 _FALLING_BEHIND_MS = 250.0
+"""A late-phase median latency above this, and twice the early one, means a backlog."""
 # A match record's changelog key as Faust writes it (a JSON string), less its closing quote.
 _MATCH_KEY_JSON = dumps(kind_prefix("m"))[:-1]
-"""A late-phase median latency above this, and twice the early one, means a backlog."""
 
 
 class BenchError(RuntimeError):
@@ -600,43 +600,58 @@ class _Offsets:
         )
 
 
-async def _read_outputs(
-    hosts: str, ends: dict[TopicPartition, int], names: TopicNames
-) -> tuple[int, int, Counter[str]]:
-    """First and last record timestamps (ms) up to `ends`, and each request's last status."""
+async def _read_range(
+    hosts: str,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    take: Callable[[TopicPartition, ConsumerRecord[bytes, bytes]], None],
+) -> None:
+    """Hand every record from `starts` (0 if absent) up to `ends` to `take`."""
+    remaining = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
+    if not remaining:
+        return
     consumer = AIOKafkaConsumer(bootstrap_servers=hosts, group_id=None, enable_auto_commit=False)
     await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
-    first_ms, last_ms = sys.maxsize, 0
-    last_status: dict[str, str] = {}
-    dlq = 0
     try:
-        consumer.assign(list(ends))
-        for tp in ends:
-            consumer.seek(tp, 0)
-        remaining = dict(ends)
+        consumer.assign(list(remaining))
+        for tp in remaining:
+            consumer.seek(tp, starts.get(tp, 0))
 
         async def drain() -> None:
-            nonlocal first_ms, last_ms, dlq
             while remaining:
                 batches = await consumer.getmany(timeout_ms=500, max_records=_BATCH_RECORDS)
                 for tp, records in batches.items():
                     for record in records:
-                        if record.offset >= ends[tp]:
-                            continue
-                        first_ms = min(first_ms, record.timestamp)
-                        last_ms = max(last_ms, record.timestamp)
-                        if tp.topic == names.dlq:
-                            dlq += 1
-                        elif tp.topic == names.status:
-                            event = loads(record.value)
-                            if event.get("about") is None:
-                                last_status[event["request_id"]] = event["status"]
+                        if record.offset < ends[tp]:
+                            take(tp, record)
                     if records and records[-1].offset + 1 >= ends[tp]:
                         remaining.pop(tp, None)
 
         await asyncio.wait_for(drain(), _CLIENT_TIMEOUT_S)
     finally:
         await consumer.stop()
+
+
+async def _read_outputs(
+    hosts: str, ends: dict[TopicPartition, int], names: TopicNames
+) -> tuple[int, int, Counter[str]]:
+    """First and last record timestamps (ms) up to `ends`, and each request's last status."""
+    first_ms, last_ms = sys.maxsize, 0
+    last_status: dict[str, str] = {}
+    dlq = 0
+
+    def take(tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        nonlocal first_ms, last_ms, dlq
+        first_ms = min(first_ms, record.timestamp)
+        last_ms = max(last_ms, record.timestamp)
+        if tp.topic == names.dlq:
+            dlq += 1
+        elif tp.topic == names.status:
+            event = loads(record.value)
+            if event.get("about") is None:
+                last_status[event["request_id"]] = event["status"]
+
+    await _read_range(hosts, {}, ends, take)
     if last_ms == 0:
         raise BenchError("the worker emitted no output")
     outcomes: Counter[str] = Counter(
@@ -699,8 +714,9 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
             await producer.stop()
     finally:
         await consumer.stop()
-    # Read once the phase is over: the changelog leg is timed by the broker's append
-    # timestamps, and reading the changelog during the phase took cores from the worker.
+    # Read once the phase is over: the changelog leg is timed by record timestamps, set
+    # when Faust sent each record, and reading the changelog during the phase took
+    # cores from the worker.
     appended = await _final_match_appends(
         hosts, {tp: ends.get(tp, 0) for tp in changelog_partitions}
     )
@@ -775,39 +791,19 @@ async def _receive(
 
 
 async def _final_match_appends(hosts: str, starts: dict[TopicPartition, int]) -> dict[str, float]:
-    """match_id -> broker timestamp (s) of the match's final record, changelog from `starts`."""
+    """match_id -> record timestamp (s) of the match's final record, changelog from `starts`."""
     async with _Offsets(hosts) as offsets:
         ends = await offsets.ends(*{tp.topic for tp in starts})
-    unread = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
     appended: dict[str, float] = {}
-    if not unread:
-        return appended
-    consumer = AIOKafkaConsumer(bootstrap_servers=hosts, group_id=None, enable_auto_commit=False)
-    await asyncio.wait_for(consumer.start(), _CLIENT_TIMEOUT_S)
-    try:
-        consumer.assign(list(unread))
-        for tp in unread:
-            consumer.seek(tp, starts.get(tp, 0))
 
-        async def drain() -> None:
-            while unread:
-                batches = await consumer.getmany(timeout_ms=500, max_records=_BATCH_RECORDS)
-                for tp, records in batches.items():
-                    for record in records:
-                        # Decoded only for match records: most of the changelog is requests.
-                        if record.offset < ends[tp] and (record.key or b"").startswith(
-                            _MATCH_KEY_JSON
-                        ):
-                            value = loads(record.value)
-                            if value.get("state") == "final":
-                                match_id = value["found"]["match_id"]
-                                appended.setdefault(match_id, record.timestamp / 1_000)
-                    if records and records[-1].offset + 1 >= ends[tp]:
-                        unread.pop(tp, None)
+    def take(tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        # Decoded only for match records: most of the changelog is requests.
+        if (record.key or b"").startswith(_MATCH_KEY_JSON):
+            value = loads(record.value)
+            if value.get("state") == "final":
+                appended.setdefault(value["found"]["match_id"], record.timestamp / 1_000)
 
-        await asyncio.wait_for(drain(), _CLIENT_TIMEOUT_S)
-    finally:
-        await consumer.stop()
+    await _read_range(hosts, starts, ends, take)
     return appended
 
 
