@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ _TWO_THREADS = (
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
+_READY_TIMEOUT_S = 10.0
 
 
 @pytest.fixture
@@ -29,6 +31,8 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     try:
         for process in started:
             assert process.stdout is not None
+            readable, _, _ = select.select([process.stdout], [], [], _READY_TIMEOUT_S)
+            assert readable, "the child process did not start its thread in time"
             assert process.stdout.readline().strip() == "ready"
         yield started
     finally:
