@@ -15,6 +15,7 @@ import faust
 from faust.types import TableT, TopicT
 
 from matching.engine import MatchEngine
+from streams.durable_producer import DurableApp
 from streams.metrics import worker_metrics
 from streams.pool_watch import PoolWatch
 from streams.settings import Settings
@@ -70,7 +71,8 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     # Faust creates the changelogs once running; building the app must not need a broker,
     # so unless MATCHSTREAM_REPLICATION_FACTOR says, the bootstrap hosts are counted.
     replication = replication_for(settings, brokers=len(settings.broker_hosts))
-    app = faust.App(
+    # Faust's own producer flush can return with writes unsent (streams.durable_producer).
+    app = DurableApp(
         settings.app_id,
         broker=settings.broker,
         store=store,

@@ -15,6 +15,7 @@ from faust.worker import Worker as FaustWorker
 
 from streams.app import Matchstream, create_app
 from streams.changelog_prefill import prefill_changelog
+from streams.durable_producer import DurableProducer
 from streams.runtime import use_event_loop
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -50,8 +51,15 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
         worker.execute_from_commandline()
     finally:
         worker.cancel_stop_deadline()
-        running_marker.unlink(missing_ok=True)
+        if _send_failure(stream) is None:
+            running_marker.unlink(missing_ok=True)
     return 0
+
+
+def _send_failure(stream: Matchstream) -> BaseException | None:
+    """A send that failed for good: the local tables may hold writes the changelog lacks."""
+    producer = stream.app._producer
+    return producer.send_failure if isinstance(producer, DurableProducer) else None
 
 
 def _discard_tables(table_dir: Path, marker: Path) -> None:
