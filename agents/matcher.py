@@ -26,6 +26,7 @@ from faust.types import EventT, StreamT
 
 from agents.batch_runs import BatchRuns
 from agents.input_order import AppliedOffsets, InputOrder
+from agents.membership import GroupMembership
 from agents.stall_guard import StallGuard
 from agents.tick_backoff import TickBackoff
 from matching.engine import Effects, MatchEngine, MisroutedError
@@ -44,6 +45,7 @@ _STALL_CHECK_INTERVAL_S = 5.0
 _STALL_AFTER_S = 15.0
 _FAILED_TICK_FIRST_PAUSE_S = 5.0
 _FAILED_TICK_MAX_PAUSE_S = 300.0
+_MEMBERSHIP_MARGIN_S = 2.0
 _INDEX_CHECK_INTERVAL_S = 0.1
 _INDEX_SLICE_S = 0.02
 """Pools indexed after a recovery, per turn of the event loop: input waits at most about
@@ -144,9 +146,20 @@ def register(stream: Matchstream) -> None:
         stall_after_s=_STALL_AFTER_S,
     )
 
+    membership = GroupMembership(
+        consumer=stream.app.consumer,
+        session_timeout_s=stream.app.conf.broker_session_timeout,
+        margin_s=_MEMBERSHIP_MARGIN_S,
+    )
+
+    def rebalancing() -> bool:
+        return stream.app.rebalancing or not stream.app.flow_control.is_active()
+
     @stream.app.agent(stream.inputs, name="matcher", concurrency=1)
     async def matcher(events: StreamT) -> None:
         async for event in events.events():
+            if not await membership.confirmed(rebalancing):
+                continue  # left unapplied for the partition's next owner (agents.membership)
             await _process(
                 stream, handlers, event, progress, applied, runs, tick_backoff, reload_engine
             )

@@ -63,6 +63,8 @@ async def test_waiting_requests_survive_sigkill(settings: Settings, worker_facto
     _assert_one_match_per_pool(outputs)
     assert "did not stop cleanly" in worker.log_text()
     assert "engine rebuilt" in worker.log_text()
+    # Input waits while the group coordinator may have expired the worker (agents.membership).
+    assert "group membership watch attached" in worker.log_text()
     # The discarded tables were copied back from the changelog before Faust's recovery.
     prefills = re.findall(r"changelog prefill records=(\d+)", worker.log_text())
     assert prefills and int(prefills[-1]) > 0, prefills
