@@ -8,8 +8,9 @@ safe. faust-streaming 0.15.3's own flush is weaker in two ways.
   client. Its flush returns as soon as no message left that buffer for 0.1 s, which is
   what happens while the broker is away or slow. A commit could then pass changelog
   writes still queued, and a revoked partition's last writes could reach the changelog
-  after the next owner had restored the table from it (the crash drill found both
-  after a broker restart: requests decided twice, a match id with two bodies).
+  after the next owner had restored the table from it, which decides requests twice.
+  In the crash drill, flushes returned with 78-146 writes queued during a broker
+  restart.
 - A send that failed for good (a non-retriable error, or a retriable one for longer
   than `producer_request_timeout`) only logs a warning, and the next commit passes it.
 
@@ -145,6 +146,8 @@ class DurableProducer(aiokafka_driver.Producer):
 
 
 class DurableTransport(aiokafka_driver.Transport):
+    """Faust's aiokafka transport, making `DurableProducer`s."""
+
     Producer = DurableProducer
 
 
