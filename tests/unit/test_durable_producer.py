@@ -121,6 +121,13 @@ def client_sends(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.Future[Any]]:
     return futures
 
 
+def _producer() -> DurableProducer:
+    """The producer a worker's app makes (not started: the tests replace the client's sends)."""
+    producer = _app().producer
+    assert isinstance(producer, DurableProducer)
+    return producer
+
+
 async def _send(producer: DurableProducer) -> None:
     await producer.send("topic", b"key", b"value", 0, None, None)
 
@@ -128,8 +135,7 @@ async def _send(producer: DurableProducer) -> None:
 async def test_producer_flush_waits_for_the_broker_to_acknowledge(
     client_sends: list[asyncio.Future[Any]],
 ) -> None:
-    producer = _app().producer
-    assert isinstance(producer, DurableProducer)
+    producer = _producer()
     await _send(producer)
     flush = asyncio.create_task(producer.flush())
     assert await _still_waiting(flush)
@@ -142,8 +148,7 @@ async def test_producer_flush_waits_for_the_broker_to_acknowledge(
 async def test_producer_flush_raises_after_a_failed_send_and_keeps_raising(
     client_sends: list[asyncio.Future[Any]],
 ) -> None:
-    producer = _app().producer
-    assert isinstance(producer, DurableProducer)
+    producer = _producer()
     await _send(producer)
     await _send(producer)
     client_sends[0].set_result("acknowledged")
