@@ -425,7 +425,7 @@ def _broker_pids(settings: Settings) -> list[int]:
     kafka = LocalKafka(
         port=settings.broker_port, data_dir=settings.data_dir, cache_dir=settings.kafka_cache_dir
     )
-    return [pid for node in kafka.nodes if (pid := node.running_pid()) is not None]
+    return kafka.running_pids()
 
 
 # -- phase 1: the bare relay -----------------------------------------------------------

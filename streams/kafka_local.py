@@ -147,6 +147,10 @@ class LocalKafka:
         nodes = tuple(node.status(last_port=partial) for node in self.nodes)
         return ClusterStatus(nodes=nodes, data_dir=self.home)
 
+    def running_pids(self) -> list[int]:
+        """The process ids of the nodes running now (for signals and CPU placement)."""
+        return [pid for node in self.nodes if (pid := node.running_pid()) is not None]
+
     def start(self, timeout_s: float = 60) -> None:
         """Start every node that is not running and wait until the cluster serves clients.
 

@@ -50,7 +50,7 @@ async def test_flush_returns_only_once_the_broker_holds_every_write(
     try:
         topic.send_soon(key=b"first", value=WRITE, partition=0)
         await asyncio.wait_for(producer.flush(), 60)  # the partition's leader is known
-        (broker_pid,) = [pid for node in own_broker.nodes if (pid := node.running_pid())]
+        (broker_pid,) = own_broker.running_pids()
 
         os.kill(broker_pid, signal.SIGSTOP)
         try:
