@@ -104,15 +104,20 @@ class DurableProducer(aiokafka_driver.Producer):
         *,
         transactional_id: str | None = None,
     ) -> Awaitable[RecordMetadata]:
-        sent = await super().send(
-            topic,
-            key,
-            value,
-            partition,
-            timestamp,
-            headers,
-            transactional_id=transactional_id,
-        )
+        try:
+            sent = await super().send(
+                topic,
+                key,
+                value,
+                partition,
+                timestamp,
+                headers,
+                transactional_id=transactional_id,
+            )
+        except Exception as exc:
+            # The client refused the message (no metadata in time, too large, closed).
+            self._failed(exc)
+            raise
         future = asyncio.ensure_future(sent)
         self._unacknowledged.add(future)
         future.add_done_callback(self._on_outcome)
@@ -120,9 +125,14 @@ class DurableProducer(aiokafka_driver.Producer):
 
     def _on_outcome(self, future: asyncio.Future[RecordMetadata]) -> None:
         self._unacknowledged.discard(future)
-        if future.cancelled() or future.exception() is None or self.send_failure is not None:
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            self._failed(error)
+
+    def _failed(self, error: BaseException) -> None:
+        if self.send_failure is not None:
             return
-        self.send_failure = future.exception()
+        self.send_failure = error
         log.error(
             "producer.send_failed error=%r; no offset is committed from now on, and the "
             "next start rebuilds the tables from the changelog",

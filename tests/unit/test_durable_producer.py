@@ -161,3 +161,17 @@ async def test_producer_flush_raises_after_a_failed_send_and_keeps_raising(
     with pytest.raises(ProducerSendError, match="message too large"):
         await asyncio.wait_for(producer.flush(), _WAIT_S)
     assert isinstance(producer.send_failure, RuntimeError)
+
+
+async def test_a_send_the_client_refuses_fails_every_later_flush(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def refuse(self: Any, *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        raise RuntimeError("no metadata for the topic in time")
+
+    monkeypatch.setattr(aiokafka_driver.Producer, "send", refuse)
+    producer = _producer()
+    with pytest.raises(RuntimeError, match="no metadata"):
+        await _send(producer)
+    with pytest.raises(ProducerSendError, match="no metadata"):
+        await asyncio.wait_for(producer.flush(), _WAIT_S)
