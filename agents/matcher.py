@@ -287,8 +287,7 @@ async def _process(
         if mark is not None:
             effects.writes.append(mark)
     progress.writes += len(effects.writes)
-    for key, record in effects.writes:
-        stream.state[key] = dumps(record)
+    await stream.state_writer.write((key, dumps(record)) for key, record in effects.writes)
     stream.watch.applied(
         effects.writes,
         input_applied=not is_tick,

@@ -19,6 +19,7 @@ from streams.durable_producer import DurableApp
 from streams.metrics import worker_metrics
 from streams.pool_watch import PoolWatch
 from streams.settings import Settings
+from streams.state_writer import StateWriter
 from streams.table_recovery import StandbySafeTableManager
 from streams.topics import TopicNames, replication_for
 
@@ -39,6 +40,7 @@ class Matchstream:
     dlq: TopicT
     tick: TopicT
     state: TableT
+    state_writer: StateWriter
     engine: MatchEngine
     watch: PoolWatch
 
@@ -121,6 +123,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
         dlq=_raw_topic(app, names.dlq, partitions=partitions),
         tick=_raw_topic(app, names.tick, partitions=partitions),
         state=state,
+        state_writer=StateWriter(app=app, table=state),
         engine=MatchEngine(),
         watch=PoolWatch(metrics=worker_metrics()),
     )
