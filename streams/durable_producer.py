@@ -4,20 +4,21 @@ Faust commits input offsets after flushing its producer, and flushes it again be
 gives up partitions in a rebalance: that flush is what makes a commit or a hand-over
 safe. faust-streaming 0.15.3's own flush is weaker in two ways.
 
-- Table writes and sends wait in Faust's `ProducerBuffer` before they reach the Kafka
-  client. Its flush returns as soon as no message left that buffer for 0.1 s, which is
-  what happens while the broker is away or slow. A commit could then pass changelog
-  writes still queued, and a revoked partition's last writes could reach the changelog
-  after the next owner had restored the table from it, which decides requests twice.
-  In the crash drill, flushes returned with 78-146 writes queued during a broker
-  restart.
+- Messages sent with `send_soon` (Faust's own table writes among them) wait in
+  Faust's `ProducerBuffer` before they reach the Kafka client. Its flush returns as
+  soon as no message left that buffer for 0.1 s, which is what happens while the
+  broker is away or slow. A commit could then pass changelog writes still queued, and
+  a revoked partition's last writes could reach the changelog after the next owner
+  had restored the table from it, which decides requests twice. In the crash drill,
+  flushes returned with 78-146 writes queued during a broker restart.
 - A send that failed for good (a non-retriable error, or a retriable one for longer
   than `producer_request_timeout`) only logs a warning, and the next commit passes it.
 
-`DurableProducer.flush` waits until every message put in the buffer was handed to the
-client and acknowledged by the broker, and raises `ProducerSendError` once any send has
-failed. Every later flush raises too, so no commit passes a lost write; the worker stops
-and its `RUNNING` marker rebuilds the tables from the changelog at the next start.
+`DurableProducer.flush` waits until every message put in the buffer or sent directly
+(the matcher's state writes, `streams.state_writer`) was handed to the client and
+acknowledged by the broker, and raises `ProducerSendError` once any send has failed.
+Every later flush raises too, so no commit passes a lost write; the worker stops and
+its `RUNNING` marker rebuilds the tables from the changelog at the next start.
 """
 
 from __future__ import annotations
