@@ -715,8 +715,8 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
     finally:
         await consumer.stop()
     # Read once the phase is over: the changelog leg is timed by record timestamps, set
-    # when Faust sent each record, and reading the changelog during the phase took
-    # cores from the worker.
+    # when the worker's Kafka client took each record, and reading the changelog during
+    # the phase took cores from the worker.
     appended = await _final_match_appends(
         hosts, {tp: ends.get(tp, 0) for tp in changelog_partitions}
     )
