@@ -72,6 +72,7 @@ class StateWriter:
         producer = self._app.producer
         remember_offset = functools.partial(_remember_offset, store, TP(self._topic, partition))
         for key, value in entries:
+            # The store encodes the key itself: only some stores take encoded keys.
             store[key] = value
             raw_key = self.changelog_key(key)
             acknowledged = await producer.send(self._topic, raw_key, value, partition, None, None)

@@ -33,13 +33,7 @@ class _Producer:
         self.acknowledgements: list[asyncio.Future[Any]] = []
 
     async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int | None, *_: Any
     ) -> asyncio.Future[Any]:
         self.sent.append((topic, key, value, partition))
         acknowledgement: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
