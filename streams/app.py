@@ -129,7 +129,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     )
     # Imported here because agents register themselves on the app being built.
     from agents import matcher, pool_progress, profiles, ticker
-    from streams import relay
+    from streams import fetch_window, relay
     from web import health, server
 
     matcher.register(stream)
@@ -137,6 +137,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     ticker.register(stream)
     pool_progress.register(stream)
     relay.register(stream)
+    fetch_window.register(stream)
     if settings.database_url:
         from streams import pg_sink  # asyncpg is loaded only by workers that sink
 
