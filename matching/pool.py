@@ -116,6 +116,10 @@ class PoolBook:
             # In recommend pools the waiting requests are the users the lists rank.
             self.lists.join(request.user_id, request.profile, priority=request.priority)
 
+    def expiry_due(self, now: float) -> bool:
+        """Whether `pop_expired` may find something: the earliest TTL has passed."""
+        return bool(self._expiries) and self._expiries[0][0] <= now
+
     def pop_expired(self, now: float) -> list[RequestState]:
         """Remove and return the waiting requests whose TTL has passed."""
         expired = []
