@@ -27,13 +27,13 @@ from typing import Any
 
 from streams.app import Matchstream
 
-__all__ = ["FetchWindow", "consumer_fetcher", "register"]
+__all__ = ["FetchWindow", "register"]
 
 log = logging.getLogger(__name__)
 
 _WINDOW_MS = 10
 _WINDOW_BYTES = 64 * 1024
-"""A backlog fills this at once, so the window never delays one."""
+"""A burst fills this at once, so a held fetch does not delay one."""
 _BUSY_PER_S = 200.0
 """Two messages per window on average: below that a window saves little and only delays."""
 _QUIET_PER_S = 100.0
@@ -118,7 +118,7 @@ class FetchWindow:
         )
 
 
-def consumer_fetcher(stream: Matchstream) -> Any | None:
+def _consumer_fetcher(stream: Matchstream) -> Any | None:
     """The aiokafka `Fetcher` behind Faust's consumer, or None before the consumer started.
 
     Faust keeps the aiokafka consumer in its consumer thread; none of these is public,
@@ -158,7 +158,7 @@ def register(stream: Matchstream) -> None:
     @stream.app.timer(_CHECK_INTERVAL_S, name="fetch_window")
     async def set_fetch_window() -> None:
         nonlocal unsupported_logged
-        fetcher = consumer_fetcher(stream)
+        fetcher = _consumer_fetcher(stream)
         if fetcher is None:
             return  # the consumer has not started
         if not hasattr(fetcher, "_fetch_max_wait_ms") or not hasattr(fetcher, "_fetch_min_bytes"):
