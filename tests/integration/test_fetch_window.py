@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streams.fetch_window import FetchWindow
 from streams.settings import Settings
 from streams.topics import TopicNames
+from tests.support.clock import ManualClock
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +28,7 @@ _RECORDS = 5
 _SPACING_S = 0.1
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _set_rate(window: FetchWindow, clock: _Clock, per_s: int) -> None:
+def _set_rate(window: FetchWindow, clock: ManualClock, per_s: int) -> None:
     """Two checks one second apart with `per_s` messages between them."""
     window.observe(0, behind=0)
     clock.now += 1.0
@@ -74,7 +67,7 @@ async def test_an_open_window_brings_spaced_records_in_one_fetch_and_a_closed_on
     await producer.start()
     await consumer.start()
     try:
-        clock = _Clock()
+        clock = ManualClock()
         window = FetchWindow(
             window_ms=_WINDOW_MS,
             window_bytes=64 * 1024,

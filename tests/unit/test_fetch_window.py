@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from streams.fetch_window import FetchWindow
+from tests.support.clock import ManualClock
 
 
 @dataclass
@@ -17,15 +18,7 @@ class _Fetcher:
     _fetch_min_bytes: int = 1
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _window(clock: _Clock) -> FetchWindow:
+def _window(clock: ManualClock) -> FetchWindow:
     return FetchWindow(
         window_ms=10,
         window_bytes=65_536,
@@ -37,7 +30,7 @@ def _window(clock: _Clock) -> FetchWindow:
 
 
 def _received_at_rates(
-    window: FetchWindow, clock: _Clock, rates: list[float], *, behind: int = 0
+    window: FetchWindow, clock: ManualClock, rates: list[float], *, behind: int = 0
 ) -> list[bool]:
     """Feed one check per second at each rate; whether the window was open after each."""
     total = 0
@@ -52,21 +45,21 @@ def _received_at_rates(
 
 
 def test_opens_at_the_busy_rate_and_closes_only_under_the_quiet_one() -> None:
-    clock = _Clock()
+    clock = ManualClock(100.0)
     window = _window(clock)
     opened = _received_at_rates(window, clock, [50, 199, 200, 150, 100, 99, 150, 450])
     assert opened == [False, False, True, True, True, False, False, True]
 
 
 def test_the_first_check_has_no_rate_and_leaves_the_window_closed() -> None:
-    clock = _Clock()
+    clock = ManualClock(100.0)
     window = _window(clock)
     window.observe(1_000_000, behind=0)
     assert not window.open
 
 
 def test_a_backlog_keeps_the_window_closed_and_closes_an_open_one() -> None:
-    clock = _Clock()
+    clock = ManualClock(100.0)
     window = _window(clock)
     assert _received_at_rates(window, clock, [2_000, 2_000], behind=501) == [False, False]
     assert _received_at_rates(window, clock, [2_000], behind=500) == [True]
@@ -74,7 +67,7 @@ def test_a_backlog_keeps_the_window_closed_and_closes_an_open_one() -> None:
 
 
 def test_applying_sets_the_window_and_closing_restores_the_fetchers_own_settings() -> None:
-    clock = _Clock()
+    clock = ManualClock(100.0)
     window = _window(clock)
     fetcher = _Fetcher(_fetch_max_wait_ms=1500, _fetch_min_bytes=1)
     window.apply(fetcher)
@@ -91,7 +84,7 @@ def test_applying_sets_the_window_and_closing_restores_the_fetchers_own_settings
 
 
 def test_a_fetcher_first_seen_while_open_gets_its_own_settings_back_later() -> None:
-    clock = _Clock()
+    clock = ManualClock(100.0)
     window = _window(clock)
     _received_at_rates(window, clock, [500])
     fetcher = _Fetcher(_fetch_max_wait_ms=700, _fetch_min_bytes=4)

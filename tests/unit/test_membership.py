@@ -8,18 +8,11 @@ from types import SimpleNamespace
 import pytest
 
 from agents.membership import GroupMembership
+from tests.support.clock import ManualClock
 
 SESSION_S = 10.0
 MARGIN_S = 2.0
 _WAIT_S = 5.0
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Coordinator:
@@ -34,12 +27,12 @@ class _Coordinator:
         return self.answers
 
 
-def _membership() -> tuple[GroupMembership, _Coordinator, _Clock]:
+def _membership() -> tuple[GroupMembership, _Coordinator, ManualClock]:
     coordinator = _Coordinator()
     consumer = SimpleNamespace(
         _thread=SimpleNamespace(_consumer=SimpleNamespace(_coordinator=coordinator))
     )
-    clock = _Clock()
+    clock = ManualClock(1000.0)
     membership = GroupMembership(
         consumer=consumer, session_timeout_s=SESSION_S, margin_s=MARGIN_S, clock=clock
     )
