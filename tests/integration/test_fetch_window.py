@@ -7,8 +7,6 @@ notices another aiokafka (or Faust) that no longer reads them.
 from __future__ import annotations
 
 import asyncio
-import re
-import time
 import uuid
 
 import orjson
@@ -20,6 +18,7 @@ from streams.fetch_window import FetchWindow
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tests.support.clock import ManualClock
+from tests.support.harness import logged
 
 pytestmark = pytest.mark.integration
 
@@ -104,14 +103,6 @@ async def test_a_worker_opens_the_window_under_paced_input_and_closes_it_when_in
     worker.start()
     await worker.wait_ready()
 
-    async def logged(pattern: str, *, after: int = 0) -> re.Match[str]:
-        """The first line matching `pattern` that the worker logs after offset `after`."""
-        deadline = time.monotonic() + 60
-        while (found := re.compile(pattern).search(worker.log_text(), after)) is None:
-            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{worker.log_text()[-3000:]}"
-            await asyncio.sleep(0.2)  # polling a log file: there is no event to await
-        return found
-
     producer = AIOKafkaProducer(bootstrap_servers=",".join(settings.broker_hosts), acks="all")
     await producer.start()
 
@@ -129,13 +120,13 @@ async def test_a_worker_opens_the_window_under_paced_input_and_closes_it_when_in
 
     pacing = asyncio.ensure_future(paced_requests())
     try:
-        opened = await logged(r"fetch window opened rate_per_s=(\d+) behind=(\d+)")
+        opened = await logged(worker, r"fetch window opened rate_per_s=(\d+) behind=(\d+)")
     finally:
         pacing.cancel()
         await asyncio.gather(pacing, return_exceptions=True)
         await producer.flush()
         await producer.stop()
     assert int(opened.group(1)) >= 200 and int(opened.group(2)) <= 500
-    closed = await logged(r"fetch window closed rate_per_s=(\d+)", after=opened.end())
+    closed = await logged(worker, r"fetch window closed rate_per_s=(\d+)", after=opened.end())
     assert int(closed.group(1)) < 100
     assert "fetch window off" not in worker.log_text()

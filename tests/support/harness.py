@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from streams.kafka_local import free_port
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
+from streams.worker_process import WorkerProcess
 
 
 def isolated_settings(bootstrap: str, data_dir: Path, *, partitions: int = 4) -> Settings:
@@ -30,6 +32,17 @@ def isolated_settings(bootstrap: str, data_dir: Path, *, partitions: int = 4) ->
         topic_partitions=partitions,
         tick_interval_s=0.5,
     )
+
+
+async def logged(
+    worker: WorkerProcess, pattern: str, *, after: int = 0, timeout_s: float = 60.0
+) -> re.Match[str]:
+    """The first line matching `pattern` that `worker` logs after offset `after`."""
+    deadline = time.monotonic() + timeout_s
+    while (found := re.compile(pattern).search(worker.log_text(), after)) is None:
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n{worker.log_text()[-3000:]}"
+        await asyncio.sleep(0.2)  # polling a log file: there is no event to await
+    return found
 
 
 @dataclass
