@@ -129,15 +129,16 @@ def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
     )
     # Imported here because agents register themselves on the app being built.
     from agents import matcher, pool_progress, profiles, ticker
-    from streams import fetch_window, relay
+    from streams import fetch_window, produce_batching, relay
     from web import health, server
 
     matcher.register(stream)
     profiles.register(stream)
     ticker.register(stream)
     pool_progress.register(stream)
-    relay.register(stream)
+    output_relay = relay.register(stream)
     fetch_window.register(stream)
+    produce_batching.register(stream, relay_producer=lambda: output_relay.producer)
     if settings.database_url:
         from streams import pg_sink  # asyncpg is loaded only by workers that sink
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from streams.app import Matchstream
 
-__all__ = ["FetchWindow", "register"]
+__all__ = ["FetchWindow", "messages_behind", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def _consumer_fetcher(stream: Matchstream) -> Any | None:
     return getattr(consumer, "_fetcher", None)
 
 
-def _behind(stream: Matchstream) -> int:
+def messages_behind(stream: Matchstream) -> int:
     """Messages between what the worker's streams read and the ends the consumer last saw."""
     consumer = stream.app.consumer
     read = stream.app.monitor.tp_read_offsets
@@ -166,5 +166,5 @@ def register(stream: Matchstream) -> None:
                 unsupported_logged = True
                 log.warning("fetch window off: this aiokafka's fetcher has no wait settings")
             return
-        window.observe(stream.app.monitor.messages_received_total, behind=_behind(stream))
+        window.observe(stream.app.monitor.messages_received_total, behind=messages_behind(stream))
         window.apply(fetcher)

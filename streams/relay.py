@@ -97,6 +97,11 @@ class OutputRelay(Service):
         await self._producer.start()
         await self._consumer.start()
 
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The outputs' producer, once the relay started."""
+        return self._producer
+
     async def on_stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
@@ -199,6 +204,8 @@ async def _commit(consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]
         log.warning("relay.commit_skipped reason=%r", str(exc).split("\n", 1)[0][:200])
 
 
-def register(stream: Matchstream) -> None:
+def register(stream: Matchstream) -> OutputRelay:
     """Start the relay with the app, once tables have recovered."""
-    stream.app.service(OutputRelay(stream))  # type: ignore[arg-type]  # instances are accepted
+    relay = OutputRelay(stream)
+    stream.app.service(relay)  # type: ignore[arg-type]  # instances are accepted
+    return relay
