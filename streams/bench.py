@@ -25,7 +25,8 @@ shares, and removes everything when done. Three phases, one after the other:
    written, then read by the output relay, and the outputs) times the bare
    relay's price of a record give the input rate at which Kafka I/O alone
    would fill the worker's one Python thread.
-3. Latency. Requests are produced at half the matcher's rate for about ten
+3. Latency. Requests are produced at half the matcher's rate (or at a fixed
+   `--latency-rate`, to compare revisions at the same load) for about ten
    seconds into fresh unconfigured (`pair`) pools, two per pool, so the second
    request of each pool completes a match on arrival. Latency = the moment the
    `match.found` is consumed minus the moment the completing request was sent,
@@ -152,6 +153,8 @@ class BenchReport:
     partitions: int
     event_loop: str
     """The worker's (`MATCHSTREAM_EVENT_LOOP`)."""
+    fixed_latency_rate: float | None = None
+    """The latency phases' rate when given (`--latency-rate`); else half the matcher's."""
     relay_messages: int = 0
     relay_rate: float = 0.0
     relay_cpu_s: float = 0.0
@@ -277,8 +280,13 @@ class BenchReport:
         quarter = max(1, len(latencies) // 4)
         early = _percentile(sorted(latencies[:quarter]), 50)
         late = _percentile(sorted(latencies[-quarter:]), 50)
+        pace = (
+            f"a fixed {self.paced.rate:,.0f} requests/s (--latency-rate)"
+            if self.fixed_latency_rate
+            else "half the matcher's rate"
+        )
         paced = (
-            f"Latency phase: {self.paced.expected:,} pairs; worker CPU "
+            f"Latency phase, paced at {pace}: {self.paced.expected:,} pairs; worker CPU "
             f"{self.paced.cpu_s_per_1k:.2f} s per 1,000 requests, and its main thread waited "
             f"for a free core {self.paced.runqueue_share:.0%} of the phase; this bench "
             f"process used {self.paced.client_cpu_s_per_1k:.2f} s of CPU per 1,000 requests "
@@ -307,7 +315,9 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
+def run_bench(
+    settings: Settings, *, requests: int, pools: int, latency_rate: float | None = None
+) -> int:
     """Measure a bare relay and the matcher on a fresh local broker and print a table.
 
     The broker in `settings` is not used: every run starts its own, so numbers
@@ -319,6 +329,8 @@ def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
             replaced for the run.
         requests: workload requests of the throughput phases.
         pools: pools the workload spreads them over.
+        latency_rate: requests/s of the latency phases; None paces them at half the
+            matcher's measured rate.
 
     Returns:
         0 on success, 1 when a phase failed (the reason is printed).
@@ -329,6 +341,8 @@ def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
     """
     if requests < 2 or pools < 1:
         raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
+    if latency_rate is not None and latency_rate <= 0:
+        raise ValueError(f"latency_rate must be positive, got {latency_rate}")
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
     report = BenchReport(
@@ -336,6 +350,7 @@ def run_bench(settings: Settings, *, requests: int, pools: int) -> int:
         pools=pools,
         partitions=settings.topic_partitions,
         event_loop=settings.event_loop,
+        fixed_latency_rate=latency_rate,
     )
     workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
     try:
@@ -403,7 +418,9 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
         sampler = asyncio.create_task(worker.sample_cpu())
         try:
             await _measure_matcher(settings, worker, workload, len(messages), report)
-            report.paced.rate = max(10.0, round(report.matcher_rate / 2))
+            report.paced.rate = report.fixed_latency_rate or max(
+                10.0, round(report.matcher_rate / 2)
+            )
             await _measure_latency(settings, worker, report.paced)
             others = [os.getpid(), *_broker_pids(settings)]
             with worker_on_own_core(worker.pid, others) as core:

@@ -61,6 +61,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _positive_rate(text: str) -> float:
+    rate = float(text)
+    if rate <= 0:
+        raise argparse.ArgumentTypeError(f"a rate must be positive, got {text}")
+    return rate
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     # The baselines run in this process: on the workers' loop, they compare like with like.
     use_event_loop(_settings_with(args).event_loop)
@@ -68,7 +75,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.scenario in ("all", "stream"):
         from streams.bench import run_bench
 
-        code = run_bench(_settings_with(args), requests=args.requests, pools=args.pools)
+        code = run_bench(
+            _settings_with(args),
+            requests=args.requests,
+            pools=args.pools,
+            latency_rate=args.latency_rate,
+        )
     if code == 0 and args.scenario in ("all", "events"):
         from streams.bench_events import run_events_bench
 
@@ -142,6 +154,13 @@ def _parser() -> argparse.ArgumentParser:
             "process; partner: partner search among many waiting requests, in process; "
             "recovery: a worker restarted with many requests waiting"
         ),
+    )
+    bench.add_argument(
+        "--latency-rate",
+        dest="latency_rate",
+        type=_positive_rate,
+        help="requests/s of the stream scenario's latency phases (default: half the "
+        "matcher's measured rate); a fixed rate compares revisions at the same load",
     )
     bench.add_argument(
         "--recommend-sizes",
