@@ -20,6 +20,7 @@ brings several messages. Otherwise the consumer's own settings apply:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -118,11 +119,16 @@ class FetchWindow:
         )
 
 
+@functools.cache  # once per process: the timer asks twice a second
+def _warn_unsupported() -> None:
+    log.warning("fetch window off: this aiokafka's fetcher has no wait settings")
+
+
 def _consumer_fetcher(stream: Matchstream) -> Any | None:
     """The aiokafka `Fetcher` behind Faust's consumer, or None before the consumer started.
 
     Faust keeps the aiokafka consumer in its consumer thread; none of these is public,
-    so their absence (another Faust or aiokafka) is reported once by `register`'s timer.
+    so their absence (another Faust or aiokafka) is reported once (`_warn_unsupported`).
     """
     thread = getattr(stream.app.consumer, "_thread", None)
     consumer = getattr(thread, "_consumer", None)
@@ -153,18 +159,14 @@ def register(stream: Matchstream) -> None:
         quiet_per_s=_QUIET_PER_S,
         backlog_messages=_BACKLOG_MESSAGES,
     )
-    unsupported_logged = False
 
     @stream.app.timer(_CHECK_INTERVAL_S, name="fetch_window")
     async def set_fetch_window() -> None:
-        nonlocal unsupported_logged
         fetcher = _consumer_fetcher(stream)
         if fetcher is None:
             return  # the consumer has not started
         if not hasattr(fetcher, "_fetch_max_wait_ms") or not hasattr(fetcher, "_fetch_min_bytes"):
-            if not unsupported_logged:
-                unsupported_logged = True
-                log.warning("fetch window off: this aiokafka's fetcher has no wait settings")
+            _warn_unsupported()
             return
         window.observe(stream.app.monitor.messages_received_total, behind=messages_behind(stream))
         window.apply(fetcher)

@@ -26,6 +26,7 @@ checks against a real broker that they still do.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -148,11 +149,9 @@ def register(stream: Matchstream, *, relay_producer: Callable[[], Any | None]) -
         backlog_messages=_BACKLOG_MESSAGES,
         caught_up_messages=_CAUGHT_UP_MESSAGES,
     )
-    unsupported_logged = False
 
     @stream.app.timer(_CHECK_INTERVAL_S, name="produce_batching")
     async def set_up_producers() -> None:
-        nonlocal unsupported_logged
         # Faust keeps its aiokafka producer private; None until the app's producer started.
         producers = [
             producer
@@ -160,16 +159,17 @@ def register(stream: Matchstream, *, relay_producer: Callable[[], Any | None]) -
             if producer is not None
         ]
         if not all(_batches_reachable(producer) for producer in producers):
-            if not unsupported_logged:
-                unsupported_logged = True
-                log.warning(
-                    "produce batching off: this aiokafka's producer keeps its batches elsewhere"
-                )
+            _warn_unsupported()
             return
         linger.observe(messages_behind(stream))
         for producer in producers:
             send_whole_nodes(producer)
             linger.apply(producer)
+
+
+@functools.cache  # once per process: the timer asks twice a second
+def _warn_unsupported() -> None:
+    log.warning("produce batching off: this aiokafka's producer keeps its batches elsewhere")
 
 
 def _batches_reachable(producer: Any) -> bool:
