@@ -56,12 +56,13 @@ def _raw_topic(app: faust.App, *names: str, partitions: int) -> TopicT:
     )
 
 
-def create_app(settings: Settings, *, store: str = "rocksdb://") -> Matchstream:
+def create_app(settings: Settings, *, store: str = "rocksdb-unlogged://") -> Matchstream:
     """Build the Faust app with every agent registered.
 
     Args:
         settings: process settings (broker, data dir, partitions, prefix, app id).
-        store: table store URL; `memory://` for functional tests.
+        store: table store URL: RocksDB without its write-ahead log (`streams.table_store`)
+            by default, `memory://` for functional tests.
 
     Example:
         >>> stream = create_app(Settings(), store="memory://")
