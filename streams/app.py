@@ -17,6 +17,7 @@ from faust.types import TableT, TopicT
 from matching.engine import MatchEngine
 from streams.durable_producer import DurableApp
 from streams.metrics import worker_metrics
+from streams.partitioning import KeyPartitions
 from streams.pool_watch import PoolWatch
 from streams.settings import Settings
 from streams.state_writer import StateWriter
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb-unlogged://") -> Mat
         # Batch changelog and output writes: one produce request per write was the
         # largest cost in a profile (socket writes), see docs/performance.md.
         producer_linger=0.005,
+        producer_partitioner=KeyPartitions(),
         # A killed worker's partitions stay orphaned until its session times out;
         # Faust's default of 60 s would stall every restart after a crash that long.
         broker_session_timeout=10.0,

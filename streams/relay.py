@@ -30,6 +30,7 @@ from models.state import (
     parse_state,
 )
 from streams.app import Matchstream
+from streams.partitioning import KeyPartitions
 from streams.topics import TopicNames
 
 __all__ = ["AcknowledgedOffsets", "OutputRelay", "outputs_for", "register", "table_key"]
@@ -80,7 +81,11 @@ class OutputRelay(Service):
         settings = self.stream.settings
         hosts = ",".join(settings.broker_hosts)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=hosts, acks="all", linger_ms=2, enable_idempotence=True
+            bootstrap_servers=hosts,
+            acks="all",
+            linger_ms=2,
+            enable_idempotence=True,
+            partitioner=KeyPartitions(),
         )
         self._consumer = AIOKafkaConsumer(
             self.stream.state.changelog_topic.get_topic_name(),
