@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -64,6 +67,24 @@ def _describe(exc: ValidationError) -> str:
 
 
 def utc_now_iso(now: float | None = None) -> str:
-    """RFC 3339 UTC timestamp of `now` (seconds since the epoch) or of this moment."""
-    moment = datetime.now(UTC) if now is None else datetime.fromtimestamp(now, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC timestamp of `now` (seconds since the epoch) or of this moment.
+
+    The same text as `datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")`
+    with a `Z`, in a third of the time: outputs carry one or two each, and the date and
+    time of day are the same for every timestamp of one second.
+    """
+    if now is None:
+        now = time.time()
+    # Rounded to the microsecond as `datetime.fromtimestamp` rounds, then cut to milliseconds.
+    fraction, whole = math.modf(now)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1, micros + 1_000_000
+    return f"{_utc_second(int(whole))}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _utc_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -7,12 +7,15 @@ without replaying the message.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from models.codec import MAX_MESSAGE_BYTES, DecodeError, decode, dumps, loads
+from models.codec import MAX_MESSAGE_BYTES, DecodeError, decode, dumps, loads, utc_now_iso
 from models.messages import (
     MAX_EMBEDDING_DIMS,
     MatchConfirm,
@@ -373,3 +376,17 @@ def test_default_pool_config_is_an_unconfigured_pair_pool() -> None:
     assert config.members_per_match == 2
     assert PoolConfig(mode="pair", group_size=4).members_per_match == 2
     assert PoolConfig(mode="group", group_size=4).members_per_match == 4
+
+
+@settings(max_examples=2000)
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False) | st.integers(0, 4 * 10**9))
+def test_utc_now_iso_writes_what_datetime_writes(now: float) -> None:
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert utc_now_iso(now) == expected.replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize("fraction", [0.0005, 0.9995, 0.9999995, 0.9999994, 0.0000005])
+def test_utc_now_iso_rounds_microseconds_as_datetime_does(fraction: float) -> None:
+    now = 1_796_598_000 + fraction
+    expected = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+    assert utc_now_iso(now) == expected.replace("+00:00", "Z")
