@@ -2,7 +2,7 @@
 
 Every output is keyed by its pool id, so a worker sends thousands of messages a second
 under a few hundred keys. aiokafka's default partitioner hashes each key again with a
-murmur2 written in Python, about 2 % of the worker's CPU in a backlog
+murmur2 written in Python: 3.7-3.9 us per message here, 0.3-0.6 us remembered
 (docs/performance.md, "Partitions by key"). `KeyPartitions` gives the same partitions
 as the default one (the Java client's), and remembers them.
 """
