@@ -67,7 +67,10 @@ def env_int(name: str, default: int) -> int:
 
 def drill_seed() -> int:
     """`DRILL_SEED` to replay a run, else a fresh one (printed with the figures)."""
-    return env_int("DRILL_SEED", random.SystemRandom().randrange(1_000_000))
+    seed = env_int("DRILL_SEED", random.SystemRandom().randrange(1_000_000))
+    # Shown with a failure too, whose drill never prints its figures.
+    print(f"drill seed={seed} (DRILL_SEED={seed} replays it)")
+    return seed
 
 
 async def poll_until(
