@@ -49,7 +49,7 @@ class PoolWatch:
             if pool_id is not None:
                 self._ledger(pool_id).observe(record)
         for pool_id, ledger in self.ledgers.items():
-            self.metrics.waiting.labels(self.metrics.pool_label(pool_id)).set(ledger.waiting)
+            self.metrics.pool_series(pool_id).waiting.set(ledger.waiting)
 
     def applied(
         self,
@@ -72,21 +72,20 @@ class PoolWatch:
             touched.add(pool_id)
             if not self._ledger(pool_id).observe(record):
                 continue
-            label = metrics.pool_label(pool_id)
+            series = metrics.pool_series(pool_id)
             if isinstance(record, RequestState):
-                metrics.requests.labels(label, record.status).inc()
+                series.requests(record.status).inc()
                 if record.status == "matched":
-                    metrics.wait.labels(label).observe(record.changed_at - record.queued_at)
+                    series.wait.observe(record.changed_at - record.queued_at)
             elif isinstance(record, MatchState):
-                metrics.matches.labels(label, record.found.mode).inc()
-                metrics.score.labels(label).observe(record.found.score)
+                series.matches(record.found.mode).inc()
+                series.score.observe(record.found.score)
                 if input_timestamp is not None:
-                    metrics.latency.labels(label).observe(max(0.0, now - input_timestamp))
+                    series.latency.observe(max(0.0, now - input_timestamp))
         for pool_id in touched:
-            label = metrics.pool_label(pool_id)
-            metrics.waiting.labels(label).set(self.ledgers[pool_id].waiting)
+            metrics.pool_series(pool_id).waiting.set(self.ledgers[pool_id].waiting)
         if input_applied:
-            metrics.inputs.labels(topic).inc()
+            metrics.inputs_of(topic).inc()
             self._applied[(topic, partition)] = offset
 
     def sample_lag(self, highwaters: dict[tuple[str, int], int]) -> None:
