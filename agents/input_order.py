@@ -54,13 +54,36 @@ class AppliedOffsets:
         self._offsets: dict[tuple[str, int], int] = {}
         self._unmarked: dict[tuple[str, int], int] = {}
         """Per partition with a mark: inputs applied since the mark."""
+        self._absent: dict[tuple[str, int], tuple[int, int]] = {}
+        """Per partition: the last run of offsets `InputOrder` found absent from the log."""
 
     def load(self, marks: Iterable[InputMark]) -> None:
         self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
         self._unmarked = dict.fromkeys(self._offsets, 0)
+        self._absent = {}
 
     def already(self, topic: str, partition: int, offset: int) -> bool:
         return offset <= self._offsets.get((topic, partition), -1)
+
+    def in_order(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether `offset` may be applied now: nothing before it is left unapplied.
+
+        True for the offset after the last applied one, for any offset of a partition
+        where nothing was applied yet, and for the offset after a run the log does not
+        have (`absent`). A later offset means an earlier input never reached the agent
+        (dropped around a rebalance while this one waited): applying it would count
+        the earlier ones as applied, since `already` compares with the last offset.
+        """
+        where = (topic, partition)
+        last = self._offsets.get(where)
+        if last is None or offset == last + 1:
+            return True
+        absent = self._absent.get(where)
+        return absent is not None and absent[0] <= last + 1 and offset == absent[1] + 1
+
+    def absent(self, topic: str, partition: int, first: int, last: int) -> None:
+        """Note offsets `first..last` as missing from the log (retention, transaction markers)."""
+        self._absent[(topic, partition)] = (first, last)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The offset to apply next, or None when nothing was applied here yet."""
@@ -110,6 +133,8 @@ class InputOrder:
         """Per partition: the offset to admit next, once one was admitted since the last reset."""
         self._seeks: dict[TP, tuple[int, int, int]] = {}
         """Per partition held back: (offset sought to, seeks so far, batch of the last seek)."""
+        self._rewound: dict[TP, int] = {}
+        """Per partition: the offset `rewind` last sought to."""
         self._batch = 0
         self.held_back = 0
         """Messages not admitted because they came after a missing offset."""
@@ -136,6 +161,36 @@ class InputOrder:
         """Expect the next offset after each `InputMark` again (after a rebalance)."""
         self._next.clear()
         self._seeks.clear()
+        self._rewound.clear()
+
+    async def rewind(self, tp: TP) -> None:
+        """Fetch `tp` again from the offset after its last applied input.
+
+        For the agent, when an input reaches it with an earlier one unapplied
+        (`AppliedOffsets.in_order` is False). The inputs queued behind that one are
+        as late, and all of them ask for the same offset: it is sought once.
+        """
+        expected = self._applied.next_offset(tp.topic, tp.partition)
+        if expected is None or self._rewound.get(tp) == expected:
+            return
+        self._rewound[tp] = expected
+        self._next.pop(tp, None)  # the next admitted message must be `expected` again
+        log.info(
+            "input reached the matcher past an unapplied offset topic=%s partition=%d "
+            "expected=%d; fetching again from there",
+            tp.topic,
+            tp.partition,
+            expected,
+        )
+        try:
+            await self._consumer.seek_wait({tp: expected})
+        except Exception as exc:  # noqa: BLE001 - the fetcher seeks when it sees the gap
+            del self._rewound[tp]
+            log.warning(
+                "input seek failed topic=%s partition=%d error=%r", tp.topic, tp.partition, exc
+            )
+            return
+        self._consumer._read_offset[tp] = expected
 
     async def _admit(self, tp: TP, offset: int) -> bool:
         expected = self._next.get(tp)
@@ -160,6 +215,7 @@ class InputOrder:
                 offset - 1,
                 seeks,
             )
+            self._applied.absent(tp.topic, tp.partition, expected, offset - 1)
             self._admit_next(tp, offset)
             return True
         # Routine after a restart or a rebalance when requests trail the durable mark

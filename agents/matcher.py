@@ -161,7 +161,7 @@ def register(stream: Matchstream) -> None:
             if not await membership.confirmed(rebalancing):
                 continue  # left unapplied for the partition's next owner (agents.membership)
             await _process(
-                stream, handlers, event, progress, applied, runs, tick_backoff, reload_engine
+                stream, handlers, event, progress, applied, order, runs, tick_backoff, reload_engine
             )
             guard.processed(event.message.tp, event.message.offset)
 
@@ -224,24 +224,33 @@ class _Progress:
 
     def __init__(self) -> None:
         self.inputs = self.ticks = self.writes = self.rejected = self.redelivered = 0
-        self._logged = (0, 0, 0, 0, 0)
+        self.out_of_order = 0
+        self._logged = (0, 0, 0, 0, 0, 0)
 
     def log_since_last(self, engine: MatchEngine) -> None:
-        now = (self.inputs, self.ticks, self.writes, self.rejected, self.redelivered)
+        now = (
+            self.inputs,
+            self.ticks,
+            self.writes,
+            self.rejected,
+            self.redelivered,
+            self.out_of_order,
+        )
         if now == self._logged:
             return
-        inputs, ticks, writes, rejected, redelivered = (
+        inputs, ticks, writes, rejected, redelivered, out_of_order = (
             a - b for a, b in zip(now, self._logged, strict=True)
         )
         self._logged = now
         log.info(
             "matcher progress inputs=%d ticks=%d state_writes=%d rejected=%d redelivered=%d "
-            "pools=%d waiting=%d",
+            "out_of_order=%d pools=%d waiting=%d",
             inputs,
             ticks,
             writes,
             rejected,
             redelivered,
+            out_of_order,
             len(engine.pools),
             sum(len(book.waiting) for book in engine.pools.values()),
         )
@@ -253,6 +262,7 @@ async def _process(
     event: EventT,
     progress: _Progress,
     applied: AppliedOffsets,
+    order: InputOrder,
     runs: BatchRuns,
     tick_backoff: TickBackoff,
     reload_engine: Callable[[], None],
@@ -266,6 +276,12 @@ async def _process(
     elif applied.already(message.topic, message.partition, message.offset):
         progress.redelivered += 1
         stream.watch.metrics.redelivered.labels(message.topic).inc()
+        return
+    elif not applied.in_order(message.topic, message.partition, message.offset):
+        # Left unapplied: applying it would count the unapplied ones before it as
+        # applied. It comes again, in order, from the offset `rewind` seeks to.
+        progress.out_of_order += 1
+        await order.rewind(message.tp)
         return
     else:
         progress.inputs += 1

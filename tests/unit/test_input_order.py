@@ -140,3 +140,49 @@ def test_an_input_that_is_not_replay_safe_is_always_marked_and_restarts_the_coun
     assert applied.applied(REQUESTS.topic, 0, 14, replay_safe=True) is not None
     # Counted per partition: another one has no mark yet.
     assert applied.applied(REQUESTS.topic, 1, 0, replay_safe=True) is not None
+
+
+def test_an_input_after_an_unapplied_one_is_out_of_order():
+    applied = AppliedOffsets()
+    applied.load([InputMark(partition=0, changed_at=0.0, topic=REQUESTS.topic, offset=9)])
+    assert applied.in_order(REQUESTS.topic, 0, 10)
+    assert not applied.in_order(REQUESTS.topic, 0, 11)
+    # Nothing applied on a partition yet: whatever comes first is in order.
+    assert applied.in_order(REQUESTS.topic, 1, 500)
+    applied.applied(REQUESTS.topic, 0, 10, replay_safe=True)
+    assert applied.in_order(REQUESTS.topic, 0, 11)
+
+
+def test_an_input_after_offsets_absent_from_the_log_is_in_order():
+    consumer, _, applied = _guard(last_applied=9)
+    for _ in range(3):
+        assert _delivered(consumer, [(REQUESTS, 15)]) == []
+    assert _delivered(consumer, [(REQUESTS, 15)]) == [(REQUESTS, 15)]
+    assert applied.in_order(REQUESTS.topic, 0, 15)
+    assert not applied.in_order(REQUESTS.topic, 0, 16)
+
+
+def test_rewind_seeks_once_to_the_offset_after_the_last_applied():
+    consumer, order, applied = _guard(last_applied=9)
+    # Offsets 10 and 11 were admitted, then dropped before the agent applied them.
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [
+        (REQUESTS, 10),
+        (REQUESTS, 11),
+    ]
+    consumer._read_offset[REQUESTS] = 12
+
+    async def rewind_for_two_late_inputs() -> None:
+        await order.rewind(REQUESTS)
+        await order.rewind(REQUESTS)
+
+    asyncio.run(rewind_for_two_late_inputs())
+    assert consumer.seeks == [{REQUESTS: 10}]
+    assert consumer._read_offset[REQUESTS] == 10
+    # Fetched again from 10: admitted as the next offset, not passed as a redelivery.
+    assert _delivered(consumer, [(REQUESTS, 10), (REQUESTS, 11)]) == [
+        (REQUESTS, 10),
+        (REQUESTS, 11),
+    ]
+    applied.applied(REQUESTS.topic, 0, 10, replay_safe=True)
+    asyncio.run(order.rewind(REQUESTS))
+    assert consumer.seeks == [{REQUESTS: 10}, {REQUESTS: 11}]
