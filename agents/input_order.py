@@ -54,8 +54,10 @@ class AppliedOffsets:
         self._offsets: dict[tuple[str, int], int] = {}
         self._unmarked: dict[tuple[str, int], int] = {}
         """Per partition with a mark: inputs applied since the mark."""
-        self._absent: dict[tuple[str, int], tuple[int, int]] = {}
-        """Per partition: the last run of offsets `InputOrder` found absent from the log."""
+        self._absent: dict[tuple[str, int], dict[int, int]] = {}
+        """Per partition: runs of offsets `InputOrder` found absent from the log, first -> last,
+        until the input after a run is applied. `InputOrder` can run ahead of the agent by
+        several runs (a transactional producer leaves one marker per transaction)."""
 
     def load(self, marks: Iterable[InputMark]) -> None:
         self._offsets = {(mark.topic, mark.partition): mark.offset for mark in marks}
@@ -78,12 +80,12 @@ class AppliedOffsets:
         last = self._offsets.get(where)
         if last is None or offset == last + 1:
             return True
-        absent = self._absent.get(where)
-        return absent is not None and absent[0] <= last + 1 and offset == absent[1] + 1
+        last_absent = self._absent.get(where, {}).get(last + 1)
+        return last_absent is not None and offset == last_absent + 1
 
     def absent(self, topic: str, partition: int, first: int, last: int) -> None:
         """Note offsets `first..last` as missing from the log (retention, transaction markers)."""
-        self._absent[(topic, partition)] = (first, last)
+        self._absent.setdefault((topic, partition), {})[first] = last
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         """The offset to apply next, or None when nothing was applied here yet."""
@@ -95,6 +97,10 @@ class AppliedOffsets:
     ) -> tuple[str, InputMark] | None:
         """Note an applied input; the mark to write with its changes, or None if it needs none."""
         where = (topic, partition)
+        if self._absent:
+            previous = self._offsets.get(where)
+            if previous is not None and offset > previous + 1:
+                self._absent.get(where, {}).pop(previous + 1, None)  # the run is behind us
         self._offsets[where] = offset
         unmarked = self._unmarked.get(where)
         if replay_safe and unmarked is not None and unmarked < self.unmarked_limit:

@@ -186,3 +186,19 @@ def test_rewind_seeks_once_to_the_offset_after_the_last_applied():
     applied.applied(REQUESTS.topic, 0, 10, replay_safe=True)
     asyncio.run(order.rewind(REQUESTS))
     assert consumer.seeks == [{REQUESTS: 10}, {REQUESTS: 11}]
+
+
+def test_several_absent_runs_ahead_of_the_agent_are_each_in_order():
+    applied = AppliedOffsets()
+    applied.load([InputMark(partition=0, changed_at=0.0, topic=REQUESTS.topic, offset=9)])
+    # InputOrder accepted two runs (say transaction markers) before the agent got there.
+    applied.absent(REQUESTS.topic, 0, 10, 10)
+    applied.absent(REQUESTS.topic, 0, 13, 13)
+    assert applied.in_order(REQUESTS.topic, 0, 11)
+    applied.applied(REQUESTS.topic, 0, 11, replay_safe=True)
+    assert applied.in_order(REQUESTS.topic, 0, 12)
+    applied.applied(REQUESTS.topic, 0, 12, replay_safe=True)
+    assert not applied.in_order(REQUESTS.topic, 0, 15)
+    assert applied.in_order(REQUESTS.topic, 0, 14)
+    applied.applied(REQUESTS.topic, 0, 14, replay_safe=True)
+    assert applied._absent[(REQUESTS.topic, 0)] == {}
