@@ -169,6 +169,33 @@ def test_dumps_and_loads_round_trip_a_model() -> None:
     assert loads(dumps({"a": [1, 2]})) == {"a": [1, 2]}
 
 
+_FINITE = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300)
+@given(
+    score=_FINITE,
+    embedding=st.lists(_FINITE, max_size=8),
+    interests=st.lists(st.text(max_size=12), max_size=4),
+    user_id=st.text(
+        st.characters(min_codepoint=0x20, exclude_characters="\x7f"), min_size=1, max_size=20
+    ),
+)
+def test_dumps_writes_what_orjson_writes_for_the_models_json_dump(
+    score: float, embedding: list[float], interests: list[str], user_id: str
+) -> None:
+    # Stored records and outputs keep their bytes whichever serializer wrote them.
+    request = MatchRequest(
+        request_id="r-1",
+        pool_id="p",
+        user_id=user_id,
+        profile=Profile(interests=interests, embedding=embedding or None),
+    )
+    config = PoolConfig(mode="pair", min_score=min(max(score, 0.0), 1.0))
+    for model in (request, config):
+        assert dumps(model) == orjson.dumps(model.model_dump(mode="json"))
+
+
 # -- DLQ-worthy input -----------------------------------------------------------------
 
 
