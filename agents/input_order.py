@@ -188,15 +188,8 @@ class InputOrder:
             tp.partition,
             expected,
         )
-        try:
-            await self._consumer.seek_wait({tp: expected})
-        except Exception as exc:  # noqa: BLE001 - the fetcher seeks when it sees the gap
-            del self._rewound[tp]
-            log.warning(
-                "input seek failed topic=%s partition=%d error=%r", tp.topic, tp.partition, exc
-            )
-            return
-        self._consumer._read_offset[tp] = expected
+        if not await self._seek(tp, expected):
+            del self._rewound[tp]  # the fetcher seeks when it sees the gap
 
     async def _admit(self, tp: TP, offset: int) -> bool:
         expected = self._next.get(tp)
@@ -236,16 +229,21 @@ class InputOrder:
         )
         self.held_back += 1
         self._seeks[tp] = (expected, seeks + 1 if sought_to == expected else 1, self._batch)
+        await self._seek(tp, expected)
+        return False
+
+    async def _seek(self, tp: TP, offset: int) -> bool:
+        """Fetch `tp` from `offset` next, without Faust dropping it as read; False if it failed."""
         try:
-            await self._consumer.seek_wait({tp: expected})
+            await self._consumer.seek_wait({tp: offset})
         except Exception as exc:  # noqa: BLE001 - a failed seek must not stop the fetcher
             # The partition may have been revoked meanwhile; the next batch tries again.
             log.warning(
                 "input seek failed topic=%s partition=%d error=%r", tp.topic, tp.partition, exc
             )
             return False
-        self._consumer._read_offset[tp] = expected
-        return False
+        self._consumer._read_offset[tp] = offset
+        return True
 
     def _admit_next(self, tp: TP, offset: int) -> None:
         self._next[tp] = offset + 1
