@@ -132,7 +132,7 @@ def create_app(settings: Settings, *, store: str = "rocksdb-unlogged://") -> Mat
     )
     # Imported here because agents register themselves on the app being built.
     from agents import matcher, pool_progress, profiles, ticker
-    from streams import eager_handover, fetch_sessions, fetch_window, produce_batching, relay
+    from streams import eager_handover, fetch_window, produce_batching, relay
     from web import health, server
 
     matcher.register(stream)
@@ -142,8 +142,6 @@ def create_app(settings: Settings, *, store: str = "rocksdb-unlogged://") -> Mat
     output_relay = relay.register(stream)
     fetch_window.register(stream)
     eager_handover.install(app.consumer)
-    if settings.fetch_sessions:
-        fetch_sessions.install(app.consumer)
     produce_batching.register(stream, relay_producer=lambda: output_relay.producer)
     if settings.database_url:
         from streams import pg_sink  # asyncpg is loaded only by workers that sink

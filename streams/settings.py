@@ -93,12 +93,6 @@ class Settings(BaseSettings):
         "eighth off its CPU per request in the stream bench (docs/performance.md), `asyncio` "
         "is the standard library's.",
     )
-    fetch_sessions: bool = Field(
-        True,
-        description="MATCHSTREAM_FETCH_SESSIONS: fetch the worker's input in incremental fetch "
-        "sessions (Kafka's KIP-227), which name only the partitions that changed; `false` "
-        "sends every fetch in full, as aiokafka does on its own.",
-    )
 
     @field_validator("replication_factor", mode="before")
     @classmethod
