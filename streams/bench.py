@@ -53,6 +53,7 @@ import platform
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -65,6 +66,7 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.codec import dumps, loads, utc_now_iso
 from models.messages import TERMINAL_STATUSES
@@ -108,6 +110,49 @@ class BenchError(RuntimeError):
     """A phase did not finish in time or the worker died."""
 
 
+@dataclass(frozen=True)
+class Collections:
+    """The worker's garbage collections (`matchstream_gc_pause_seconds`, all generations)."""
+
+    count: float = 0.0
+    seconds: float = 0.0
+    over_10_ms: float = 0.0
+    over_50_ms: float = 0.0
+
+    def __sub__(self, earlier: Collections) -> Collections:
+        return Collections(
+            self.count - earlier.count,
+            self.seconds - earlier.seconds,
+            self.over_10_ms - earlier.over_10_ms,
+            self.over_50_ms - earlier.over_50_ms,
+        )
+
+    @classmethod
+    def parse(cls, exposition: str) -> Collections:
+        """The counts in a `/metrics` page; buckets count the collections up to their bound."""
+        count = seconds = within_10_ms = within_50_ms = 0.0
+        for family in text_string_to_metric_families(exposition):
+            if family.name != "matchstream_gc_pause_seconds":
+                continue
+            for sample in family.samples:
+                bound = sample.labels.get("le")
+                if sample.name.endswith("_count"):
+                    count += sample.value
+                elif sample.name.endswith("_sum"):
+                    seconds += sample.value
+                elif bound is not None and float(bound) == 0.01:
+                    within_10_ms += sample.value
+                elif bound is not None and float(bound) == 0.05:
+                    within_50_ms += sample.value
+        return cls(count, seconds, count - within_10_ms, count - within_50_ms)
+
+    def cell(self) -> str:
+        return (
+            f"{self.count:,.0f} in {self.seconds * 1_000:,.0f} ms, "
+            f"{self.over_10_ms:.0f} over 10 ms, {self.over_50_ms:.0f} over 50 ms"
+        )
+
+
 @dataclass
 class LatencyRun:
     """One paced phase: requests sent `rate` per second into fresh pools, two per pool."""
@@ -127,6 +172,8 @@ class LatencyRun:
     client_cpu_s_per_1k: float = 0.0
     """This process's own CPU (sending, receiving, timing) per 1,000 requests: the
     bench shares the cores with the worker and the broker."""
+    collections: Collections | None = None
+    """The worker's garbage collections during the phase; None if its metrics were not read."""
 
     def percentiles(self) -> tuple[float, float]:
         ordered = sorted(self.latencies_ms)
@@ -255,6 +302,13 @@ class BenchReport:
             (
                 f"floor, worker idle between requests: latency and legs at {self.floor.rate:.0f}/s",
                 f"{_latency_cell(self.floor)}; {self.floor.legs()}",
+            ),
+            (
+                "worker's garbage collections (they stop its Python code): paced / own core / floor",
+                " / ".join(
+                    run.collections.cell() if run and run.collections else "-"
+                    for run in (self.paced, self.isolated, self.floor)
+                ),
             ),
             ("worker CPU per 1,000 requests (matcher window)", f"{self.cpu_s_per_1k:.2f} s"),
             ("worker peak RSS", f"{self.peak_rss_mib:,.0f} MiB"),
@@ -708,6 +762,7 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
             consumer.seek(tp, ends.get(tp, 0))
         await asyncio.wait_for(producer.start(), _CLIENT_TIMEOUT_S)
         receiver = asyncio.create_task(_receive(consumer, sent, found, run))
+        collections_before = await worker.collections()
         started, client_cpu_started = time.time(), time.process_time()
         try:
             await asyncio.wait_for(
@@ -725,6 +780,9 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
             run.cpu_s_per_1k = cpu / (count / 1_000)
             run.runqueue_share = waited / max(ended - started, 1e-3)
             run.client_cpu_s_per_1k = (time.process_time() - client_cpu_started) / (count / 1_000)
+            collections_after = await worker.collections()
+            if collections_before is not None and collections_after is not None:
+                run.collections = collections_after - collections_before
         finally:
             receiver.cancel()
             await asyncio.gather(receiver, return_exceptions=True)
@@ -909,6 +967,20 @@ class _SampledWorker(WorkerProcess):
         # Fields 14 and 15 of proc(5), utime and stime; field 3 is stat[0] here.
         cpu = (int(stat[11]) + int(stat[12])) / self._tick
         return cpu, int(schedstat[1]) / 1e9
+
+    async def collections(self) -> Collections | None:
+        """The worker's garbage collections so far, from its `/metrics`; None if unreadable."""
+        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+
+        def read() -> str:
+            with urllib.request.urlopen(url, timeout=_CLIENT_TIMEOUT_S) as response:
+                return str(response.read().decode())
+
+        try:
+            return Collections.parse(await asyncio.to_thread(read))
+        except OSError as error:
+            log.warning("bench.metrics unreadable url=%s error=%s", url, error)
+            return None
 
     def cpu_between(self, start: float, end: float) -> tuple[float, float]:
         """CPU seconds used and seconds spent waiting for a CPU between two wall-clock moments."""

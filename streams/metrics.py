@@ -7,17 +7,29 @@ cannot grow the series count without bound.
 
 from __future__ import annotations
 
+import gc
+import time
+from collections.abc import Callable
 from functools import cache
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
-__all__ = ["POOL_LABEL_LIMIT", "PoolSeries", "WorkerMetrics", "worker_metrics"]
+__all__ = [
+    "POOL_LABEL_LIMIT",
+    "CollectionTimer",
+    "PoolSeries",
+    "WorkerMetrics",
+    "time_collections",
+    "worker_metrics",
+]
 
 POOL_LABEL_LIMIT = 100
 _OTHER = "_other"
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 900, 3600)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _SCORE_BUCKETS = tuple(round(0.1 * step, 1) for step in range(1, 11))
+_COLLECTION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 
 @cache
@@ -73,6 +85,12 @@ class WorkerMetrics:
             ["topic", "partition"],
         )
         self.live_streams = Gauge("matchstream_live_streams", "Open live status streams.")
+        self.collections = Histogram(
+            "matchstream_gc_pause_seconds",
+            "Garbage collections, which stop all of the worker's Python code, by generation.",
+            ["generation"],
+            buckets=_COLLECTION_BUCKETS,
+        )
         self._pool_labels: set[str] = set()
         self._pool_series: dict[str, PoolSeries] = {}
         self._inputs_by_topic: dict[str, Counter] = {}
@@ -130,3 +148,31 @@ class PoolSeries:
         if counter is None:
             counter = self._matches[mode] = self._metrics.matches.labels(self.label, mode)
         return counter
+
+
+class CollectionTimer:
+    """A `gc.callbacks` entry that times each collection into `collections` by generation.
+
+    A collection holds the interpreter lock from its start to its stop, so the two
+    come in pairs whichever thread triggered it.
+    """
+
+    def __init__(
+        self, collections: Histogram, *, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self._by_generation = [collections.labels(generation=str(gen)) for gen in range(3)]
+        self._clock = clock
+        self._started: float | None = None
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self._clock()
+        elif self._started is not None:
+            self._by_generation[info["generation"]].observe(self._clock() - self._started)
+            self._started = None
+
+
+@cache  # once per process: each call would add another callback
+def time_collections() -> None:
+    """Time the process's garbage collections into the worker's metrics."""
+    gc.callbacks.append(CollectionTimer(worker_metrics().collections))

@@ -16,6 +16,7 @@ from faust.worker import Worker as FaustWorker
 from streams.app import Matchstream, create_app
 from streams.changelog_prefill import prefill_changelog
 from streams.durable_producer import DurableProducer
+from streams.metrics import time_collections
 from streams.runtime import use_event_loop
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -42,6 +43,7 @@ def run_worker(settings: Settings, *, loglevel: str = "info") -> int:
     use_event_loop(settings.event_loop)
     asyncio.run(ensure_topics(settings))
     stream = create_app(settings)
+    time_collections()
     if running_marker.exists():
         _discard_tables(Path(stream.app.conf.tabledir), running_marker)
     running_marker.write_text(str(os.getpid()))

@@ -74,6 +74,10 @@ def test_bench_prints_relay_matcher_and_latency(
     assert "missing" not in floor
     floor_p50, floor_p99, *floor_legs = _numbers(floor)
     assert 0 < floor_p50 <= floor_p99 and len(floor_legs) == 8
+    # The worker's /metrics were read around each phase, and it collected in each.
+    collections = _row(rows, "worker's garbage collections").split(" / ")
+    assert len(collections) == 3 and all("over 50 ms" in cell for cell in collections)
+    assert all(_numbers(cell)[0] > 0 for cell in collections)
     assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
     assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
     # The run's broker, worker and files are gone with its temporary directory.
