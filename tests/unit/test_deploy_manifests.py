@@ -45,16 +45,17 @@ GAUGES = {
     "matchstream_sink_lag_messages",
     "matchstream_live_streams",
 }
-HISTOGRAMS = {
+POOL_HISTOGRAMS = {
     "matchstream_wait_seconds",
     "matchstream_match_latency_seconds",
     "matchstream_match_score",
 }
+HISTOGRAMS = POOL_HISTOGRAMS | {"matchstream_gc_pause_seconds"}
 POOL_LABELLED = {
     "matchstream_requests_total",
     "matchstream_matches_total",
     "matchstream_waiting_requests",
-    *HISTOGRAMS,
+    *POOL_HISTOGRAMS,
 }
 SERIES = (
     COUNTERS
@@ -370,6 +371,7 @@ def test_alert_rules_are_well_formed() -> None:
         used |= _check_promql(rule["expr"])
     assert {"matchstream_consumer_lag_messages", "matchstream_dlq_records_total"} <= used
     assert "matchstream_sink_lag_messages" in used
+    assert "matchstream_gc_pause_seconds_bucket" in used
     assert any(re.search(r"\bup\{", rule["expr"]) for rule in rules)
 
 
@@ -405,7 +407,7 @@ def test_dashboard_variables_and_data_source(dashboard: dict[str, Any]) -> None:
 
 def test_dashboard_layout(dashboard: dict[str, Any]) -> None:
     panels = dashboard["panels"]
-    assert 1 <= len(panels) <= 12
+    assert 1 <= len(panels) <= 16
     assert len({p["id"] for p in panels}) == len(panels)
     cells: set[tuple[int, int]] = set()
     for panel in panels:
