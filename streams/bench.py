@@ -104,6 +104,10 @@ _FALLING_BEHIND_MS = 250.0
 """A late-phase median latency above this, and twice the early one, means a backlog."""
 # A match record's changelog key as Faust writes it (a JSON string), less its closing quote.
 _MATCH_KEY_JSON = dumps(kind_prefix("m"))[:-1]
+# Two bounds of the worker's collection histogram (`COLLECTION_BUCKETS_S`): the report
+# counts the collections longer than each.
+_LONG_COLLECTION_S = 0.01
+_VERY_LONG_COLLECTION_S = 0.05
 
 
 class BenchError(RuntimeError):
@@ -140,9 +144,9 @@ class Collections:
                     count += sample.value
                 elif sample.name.endswith("_sum"):
                     seconds += sample.value
-                elif bound is not None and float(bound) == 0.01:
+                elif bound is not None and float(bound) == _LONG_COLLECTION_S:
                     within_10_ms += sample.value
-                elif bound is not None and float(bound) == 0.05:
+                elif bound is not None and float(bound) == _VERY_LONG_COLLECTION_S:
                     within_50_ms += sample.value
         return cls(count, seconds, count - within_10_ms, count - within_50_ms)
 

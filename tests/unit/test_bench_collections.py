@@ -6,7 +6,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from streams.bench import Collections
-from streams.metrics import CollectionTimer
+from streams.metrics import COLLECTION_BUCKETS_S, CollectionTimer
 
 
 def _exposition(pauses_s: dict[int, list[float]]) -> str:
@@ -16,7 +16,7 @@ def _exposition(pauses_s: dict[int, list[float]]) -> str:
         "matchstream_gc_pause_seconds",
         "Test.",
         ["generation"],
-        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        buckets=COLLECTION_BUCKETS_S,
         registry=registry,
     )
     for generation, pauses in pauses_s.items():
