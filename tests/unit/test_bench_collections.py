@@ -9,16 +9,21 @@ from streams.bench import Collections
 from streams.metrics import COLLECTION_BUCKETS_S, CollectionTimer
 
 
-def _exposition(pauses_s: dict[int, list[float]]) -> str:
-    registry = CollectorRegistry()
-    Counter("matchstream_inputs_total", "Other metrics are skipped.", registry=registry).inc()
-    histogram = Histogram(
+def _histogram(registry: CollectorRegistry) -> Histogram:
+    """The worker's collection histogram, in a registry of the test's own."""
+    return Histogram(
         "matchstream_gc_pause_seconds",
         "Test.",
         ["generation"],
         buckets=COLLECTION_BUCKETS_S,
         registry=registry,
     )
+
+
+def _exposition(pauses_s: dict[int, list[float]]) -> str:
+    registry = CollectorRegistry()
+    Counter("matchstream_inputs_total", "Other metrics are skipped.", registry=registry).inc()
+    histogram = _histogram(registry)
     for generation, pauses in pauses_s.items():
         for pause in pauses:
             histogram.labels(generation=str(generation)).observe(pause)
@@ -49,10 +54,7 @@ def test_a_worker_without_the_histogram_reads_as_no_collections() -> None:
 
 def test_the_timer_and_the_parser_agree_on_the_metric() -> None:
     registry = CollectorRegistry()
-    histogram = Histogram(
-        "matchstream_gc_pause_seconds", "Test.", ["generation"], registry=registry
-    )
-    timer = CollectionTimer(histogram, clock=iter([0.0, 0.02]).__next__)
+    timer = CollectionTimer(_histogram(registry), clock=iter([0.0, 0.02]).__next__)
 
     timer("start", {"generation": 1})
     timer("stop", {"generation": 1})
