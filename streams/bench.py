@@ -61,7 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -79,7 +79,17 @@ from streams.topics import TopicNames, ensure_topics
 from streams.worker_process import WorkerProcess
 from streams.workload import Workload, WorkloadMessage
 
-__all__ = ["BenchError", "BenchReport", "own_broker", "run_bench"]
+__all__ = [
+    "BenchError",
+    "BenchReport",
+    "Offsets",
+    "SampledWorker",
+    "bare_relay",
+    "machine_line",
+    "own_broker",
+    "read_range",
+    "run_bench",
+]
 
 log = logging.getLogger(__name__)
 
@@ -318,8 +328,7 @@ class BenchReport:
             ("worker peak RSS", f"{self.peak_rss_mib:,.0f} MiB"),
         ]
         machine = (
-            f"Machine: {os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, "
-            f"Python {platform.python_version()}, Kafka {KAFKA_VERSION} (local single node); "
+            f"{machine_line()}; "
             f"{self.requests:,} requests over {self.pools:,} pools, "
             f"{self.partitions} partitions; worker event loop {self.event_loop}"
         )
@@ -454,7 +463,7 @@ def own_broker(settings: Settings, *, name: str, run: str) -> Iterator[Settings]
 
 async def _bench(settings: Settings, workload: Workload, report: BenchReport) -> None:
     messages = list(workload.messages())
-    report.relay_messages, report.relay_rate, report.relay_cpu_s = await _bare_relay(
+    report.relay_messages, report.relay_rate, report.relay_cpu_s = await bare_relay(
         settings, [message for message in messages if message.topic_kind == "request"]
     )
     log.info(
@@ -469,7 +478,7 @@ async def _bench(settings: Settings, workload: Workload, report: BenchReport) ->
         produce_messages(settings, messages, total=len(messages), progress=False),
         _CLIENT_TIMEOUT_S + len(messages) / 1_000,
     )
-    worker = _SampledWorker(settings)
+    worker = SampledWorker(settings)
     worker.start()
     log.info("bench.worker.started pid=%d log=%s", worker.pid, worker.log_path)
     try:
@@ -506,7 +515,7 @@ def _broker_pids(settings: Settings) -> list[int]:
 # -- phase 1: the bare relay -----------------------------------------------------------
 
 
-async def _bare_relay(
+async def bare_relay(
     settings: Settings, messages: Sequence[WorkloadMessage]
 ) -> tuple[int, float, float]:
     """Produce `messages`, then time a consume -> produce -> commit loop over them.
@@ -575,14 +584,14 @@ async def _relay_all(
 
 async def _measure_matcher(
     settings: Settings,
-    worker: _SampledWorker,
+    worker: SampledWorker,
     workload: Workload,
     total: int,
     report: BenchReport,
 ) -> None:
     names = TopicNames.with_prefix(settings.topic_prefix)
     hosts = ",".join(settings.broker_hosts)
-    async with _Offsets(hosts) as offsets:
+    async with Offsets(hosts) as offsets:
         inputs = await offsets.ends(names.request, names.command)
         await worker.wait_until(
             lambda: offsets.committed(settings.app_id, inputs),
@@ -623,7 +632,7 @@ def _changelog_topic(settings: Settings) -> str:
     return f"{settings.app_id}-state-changelog"
 
 
-class _Offsets:
+class Offsets:
     """End offsets of topics and committed offsets of consumer groups."""
 
     def __init__(self, hosts: str) -> None:
@@ -675,7 +684,7 @@ class _Offsets:
         )
 
 
-async def _read_range(
+async def read_range(
     hosts: str,
     starts: dict[TopicPartition, int],
     ends: dict[TopicPartition, int],
@@ -726,7 +735,7 @@ async def _read_outputs(
             if event.get("about") is None:
                 last_status[event["request_id"]] = event["status"]
 
-    await _read_range(hosts, {}, ends, take)
+    await read_range(hosts, {}, ends, take)
     if last_ms == 0:
         raise BenchError("the worker emitted no output")
     outcomes: Counter[str] = Counter(
@@ -741,7 +750,7 @@ async def _read_outputs(
 # -- phase 3: latency ------------------------------------------------------------------
 
 
-async def _measure_latency(settings: Settings, worker: _SampledWorker, run: LatencyRun) -> None:
+async def _measure_latency(settings: Settings, worker: SampledWorker, run: LatencyRun) -> None:
     """Send `run.rate` requests/s for `_LATENCY_PHASE_S` and time each pair to its match."""
     names = TopicNames.with_prefix(settings.topic_prefix)
     hosts = ",".join(settings.broker_hosts)
@@ -749,7 +758,7 @@ async def _measure_latency(settings: Settings, worker: _SampledWorker, run: Late
     count = max(20, int(rate * _LATENCY_PHASE_S) // 2 * 2)
     run.expected = count // 2
     changelog = _changelog_topic(settings)
-    async with _Offsets(hosts) as offsets:
+    async with Offsets(hosts) as offsets:
         ends = await offsets.ends(names.found, changelog)
         partitions = await offsets.partitions(names.found)
         changelog_partitions = await offsets.partitions(changelog)
@@ -871,7 +880,7 @@ async def _receive(
 
 async def _final_match_appends(hosts: str, starts: dict[TopicPartition, int]) -> dict[str, float]:
     """match_id -> record timestamp (s) of the match's final record, changelog from `starts`."""
-    async with _Offsets(hosts) as offsets:
+    async with Offsets(hosts) as offsets:
         ends = await offsets.ends(*{tp.topic for tp in starts})
     appended: dict[str, float] = {}
 
@@ -882,7 +891,7 @@ async def _final_match_appends(hosts: str, starts: dict[TopicPartition, int]) ->
             if value.get("state") == "final":
                 appended.setdefault(value["found"]["match_id"], record.timestamp / 1_000)
 
-    await _read_range(hosts, starts, ends, take)
+    await read_range(hosts, starts, ends, take)
     return appended
 
 
@@ -907,11 +916,11 @@ def _percentile(ordered: Sequence[float], percent: float) -> float:
 # -- the worker process ----------------------------------------------------------------
 
 
-class _SampledWorker(WorkerProcess):
+class SampledWorker(WorkerProcess):
     """A worker process whose CPU time is sampled while the bench runs."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(settings, settings.data_dir / "worker.log")
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, settings.data_dir / "worker.log", **kwargs)
         self._times: list[float] = []
         self._samples: list[tuple[float, float]] = []
         """(CPU seconds, seconds spent runnable but waiting for a CPU) at `_times`."""
@@ -1022,6 +1031,14 @@ class _SampledWorker(WorkerProcess):
             return "\n".join(self.log_text().splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def machine_line() -> str:
+    """The machine's cores, RAM, Python and Kafka, for the first line of a report."""
+    return (
+        f"Machine: {os.cpu_count()} cores, {_ram_gib():.1f} GiB RAM, "
+        f"Python {platform.python_version()}, Kafka {KAFKA_VERSION} (local single node)"
+    )
 
 
 def _ram_gib() -> float:

@@ -81,6 +81,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             pools=args.pools,
             latency_rate=args.latency_rate,
         )
+    if code == 0 and args.scenario in ("all", "ceiling"):
+        from streams.bench_ceiling import run_ceiling_bench
+
+        code = run_ceiling_bench(_settings_with(args), requests=args.requests, pools=args.pools)
     if code == 0 and args.scenario in ("all", "events"):
         from streams.bench_events import run_events_bench
 
@@ -147,10 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--data-dir", dest="data_dir", type=Path)
     bench.add_argument(
         "--scenario",
-        choices=("all", "stream", "events", "partner", "recovery"),
+        choices=("all", "stream", "ceiling", "events", "partner", "recovery"),
         default="all",
         help=(
-            "stream: Kafka throughput and latency; events: recommend and batch pools in "
+            "stream: Kafka throughput and latency; ceiling: what a Faust worker reaches "
+            "per event and batched, with no matching and with the engine; events: "
+            "recommend and batch pools in "
             "process; partner: partner search among many waiting requests, in process; "
             "recovery: a worker restarted with many requests waiting"
         ),

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from streams.settings import Settings
@@ -15,6 +16,7 @@ from streams.settings import Settings
 __all__ = ["WorkerProcess", "WorkerProcessError"]
 
 _READY_LINE = "[^Worker]: Ready"
+_WORKER = ("-c", "from streams.cli import main; main()", "worker")
 
 
 class WorkerProcessError(RuntimeError):
@@ -22,7 +24,7 @@ class WorkerProcessError(RuntimeError):
 
 
 class WorkerProcess:
-    """A worker in its own process group, configured only through its environment.
+    """A Faust worker in its own process group, configured through its environment.
 
     Example:
         >>> worker = WorkerProcess(Settings(), Path("/tmp/worker.log"))
@@ -30,9 +32,13 @@ class WorkerProcess:
         False
     """
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, *, arguments: Sequence[str] = _WORKER
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.arguments = arguments
+        """The Python interpreter's arguments: `matchstream worker` unless given."""
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
@@ -52,7 +58,7 @@ class WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", "from streams.cli import main; main()", "worker"],
+                [sys.executable, *self.arguments],
                 # The rest of the environment (PATH, a database URL, ...) passes through.
                 env={**os.environ, **self.settings.as_environment()},
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from streams.bench import run_bench
+from streams.bench_ceiling import run_ceiling_bench
 from streams.bench_recovery import run_recovery_bench
 from streams.settings import get_settings
 
@@ -81,6 +82,39 @@ def test_bench_prints_relay_matcher_and_latency(
     assert _numbers(_row(rows, "worker CPU per 1,000 requests"))[0] > 0
     assert _numbers(_row(rows, "worker peak RSS"))[0] > 0
     # The run's broker, worker and files are gone with its temporary directory.
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ceiling_bench_runs_each_probe_next_to_the_relay(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = get_settings().model_copy(update={"data_dir": tmp_path})
+    code = run_ceiling_bench(settings, requests=1_000, pools=20)
+
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert output.startswith("Machine: ")
+    rows = {
+        cells[0]: [_numbers(cell) for cell in cells[1:]]
+        for line in output.splitlines()
+        if line.startswith("| ") and not line.startswith("| path")
+        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+    }
+    relay_rate, relay_ratio, relay_cpu, _busy, _outputs = rows.pop("bare relay (baseline)")
+    assert relay_rate[0] > 0 and relay_ratio == [1.0] and relay_cpu[0] > 0
+    assert list(rows) == [
+        "Faust per event, no matching",
+        "Faust batched, no matching",
+        "Faust batched, with the engine",
+    ]
+    for rate, ratio, cpu, busy, outputs in rows.values():
+        assert rate[0] > 0 and cpu[0] > 0 and busy[0] > 0
+        assert ratio[0] == pytest.approx(rate[0] / relay_rate[0], abs=0.001)
+    # The probes without the engine send two outputs per input; the engine's outputs
+    # are a status per request at least.
+    assert rows["Faust per event, no matching"][4] == [2.0]
+    assert rows["Faust batched, no matching"][4] == [2.0]
+    assert rows["Faust batched, with the engine"][4][0] >= 1.0
     assert list(tmp_path.iterdir()) == []
 
 
