@@ -100,21 +100,24 @@ def test_ceiling_bench_runs_each_probe_next_to_the_relay(
         if line.startswith("| ") and not line.startswith("| path")
         for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
     }
-    relay_rate, relay_ratio, relay_cpu, _busy, _outputs = rows.pop("bare relay (baseline)")
+    relay_rate, relay_ratio, relay_cpu, _busy, _full_core, _outputs = rows.pop(
+        "bare relay (baseline)"
+    )
     assert relay_rate[0] > 0 and relay_ratio == [1.0] and relay_cpu[0] > 0
     assert list(rows) == [
         "Faust per event, no matching",
         "Faust batched, no matching",
         "Faust batched, with the engine",
     ]
-    for rate, ratio, cpu, busy, outputs in rows.values():
+    for rate, ratio, cpu, busy, full_core, _outputs in rows.values():
         assert rate[0] > 0 and cpu[0] > 0 and busy[0] > 0
         assert ratio[0] == pytest.approx(rate[0] / relay_rate[0], abs=0.001)
+        assert full_core[0] == pytest.approx(1_000 / cpu[0] / relay_rate[0], rel=0.05)
     # The probes without the engine send two outputs per input; the engine's outputs
     # are a status per request at least.
-    assert rows["Faust per event, no matching"][4] == [2.0]
-    assert rows["Faust batched, no matching"][4] == [2.0]
-    assert rows["Faust batched, with the engine"][4][0] >= 1.0
+    assert rows["Faust per event, no matching"][5] == [2.0]
+    assert rows["Faust batched, no matching"][5] == [2.0]
+    assert rows["Faust batched, with the engine"][5][0] >= 1.0
     assert list(tmp_path.iterdir()) == []
 
 
