@@ -56,7 +56,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -85,7 +85,9 @@ __all__ = [
     "Offsets",
     "SampledWorker",
     "bare_relay",
+    "check_workload_size",
     "machine_line",
+    "measure_on_own_broker",
     "own_broker",
     "read_range",
     "run_bench",
@@ -406,8 +408,7 @@ def run_bench(
         >>> run_bench(Settings(), requests=2_000, pools=40)  # doctest: +SKIP
         0
     """
-    if requests < 2 or pools < 1:
-        raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
+    check_workload_size(requests=requests, pools=pools)
     if latency_rate is not None and latency_rate <= 0:
         raise ValueError(f"latency_rate must be positive, got {latency_rate}")
     started = time.monotonic()
@@ -420,16 +421,46 @@ def run_bench(
         fixed_latency_rate=latency_rate,
     )
     workload = Workload(requests=requests, pools=pools, run_id=f"b{run}")
-    try:
-        with own_broker(settings, name="bench", run=run) as bench:
-            asyncio.run(_bench(bench, workload, report))
-    except (BenchError, LocalKafkaError, TimeoutError) as exc:
-        log.error("bench.failed error=%r", exc)
-        print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+    if not measure_on_own_broker(
+        settings, name="stream", run=run, measure=lambda bench: _bench(bench, workload, report)
+    ):
         return 1
     print(report.markdown())
     log.info("bench.done elapsed_s=%.1f", time.monotonic() - started)
     return 0
+
+
+def check_workload_size(*, requests: int, pools: int) -> None:
+    """Raise ValueError unless the workload has a pair to match and a pool to match it in."""
+    if requests < 2 or pools < 1:
+        raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
+
+
+def measure_on_own_broker(
+    settings: Settings,
+    *,
+    name: str,
+    run: str,
+    measure: Callable[[Settings], Coroutine[Any, Any, None]],
+    failures: tuple[type[Exception], ...] = (BenchError,),
+) -> bool:
+    """Run `measure` with the settings of a broker of its own (`own_broker`).
+
+    `name` is the scenario's: it names the broker's directory and the run's app id.
+
+    Returns:
+        True when it finished; False when it raised one of `failures`, a broker that
+        would not start or a timeout, whose reason is then logged and printed.
+    """
+    caught: tuple[type[Exception], ...] = (*failures, LocalKafkaError, TimeoutError)
+    try:
+        with own_broker(settings, name=name, run=run) as bench:
+            asyncio.run(measure(bench))
+    except caught as exc:
+        log.error("bench.failed scenario=%s error=%r", name, exc)
+        print(f"{name} bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+        return False
+    return True
 
 
 @contextmanager

@@ -29,12 +29,12 @@ from streams.bench import (
     Offsets,
     SampledWorker,
     bare_relay,
+    check_workload_size,
     machine_line,
-    own_broker,
+    measure_on_own_broker,
     read_range,
 )
 from streams.ceiling_probe import DESIGNS, OUTPUTS_PER_REQUEST
-from streams.kafka_local import LocalKafkaError
 from streams.produce import produce_messages
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics, state_changelog
@@ -137,18 +137,17 @@ def run_ceiling_bench(settings: Settings, *, requests: int, pools: int) -> int:
         >>> run_ceiling_bench(Settings(), requests=20_000, pools=200)  # doctest: +SKIP
         0
     """
-    if requests < 2 or pools < 1:
-        raise ValueError(f"need requests >= 2 and pools >= 1, got {requests} and {pools}")
+    check_workload_size(requests=requests, pools=pools)
     run = uuid.uuid4().hex[:8]
     report = CeilingReport(requests=requests, pools=pools, partitions=settings.topic_partitions)
     workload = Workload(requests=requests, pools=pools, run_id=f"c{run}")
     messages = [message for message in workload.messages() if message.topic_kind == "request"]
-    try:
-        with own_broker(settings, name="ceiling", run=run) as bench:
-            asyncio.run(_bench(bench, messages, report))
-    except (BenchError, LocalKafkaError, TimeoutError) as exc:
-        log.error("bench.ceiling.failed error=%r", exc)
-        print(f"ceiling bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+    if not measure_on_own_broker(
+        settings,
+        name="ceiling",
+        run=run,
+        measure=lambda bench: _bench(bench, messages, report),
+    ):
         return 1
     print(report.markdown())
     return 0

@@ -31,7 +31,6 @@ import os
 import platform
 import random
 import re
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,8 +44,8 @@ from aiokafka.structs import OffsetAndMetadata
 from models.codec import dumps
 from models.messages import PoolConfig, Profile
 from models.state import PoolState, RequestState, state_key
-from streams.bench import own_broker
-from streams.kafka_local import KAFKA_VERSION, LocalKafkaError
+from streams.bench import measure_on_own_broker
+from streams.kafka_local import KAFKA_VERSION
 from streams.settings import Settings
 from streams.topics import ensure_topics, state_changelog
 from streams.worker_process import WorkerProcess
@@ -213,12 +212,13 @@ def run_recovery_bench(
         embedding_dims=embedding_dims,
         event_loop=settings.event_loop,
     )
-    try:
-        with own_broker(settings, name="recovery", run=uuid.uuid4().hex[:8]) as bench:
-            asyncio.run(_bench(bench, report))
-    except (RecoveryBenchError, LocalKafkaError, TimeoutError) as exc:
-        log.error("bench.recovery.failed error=%r", exc)
-        print(f"recovery bench failed: {exc or type(exc).__name__}", file=sys.stderr)
+    if not measure_on_own_broker(
+        settings,
+        name="recovery",
+        run=uuid.uuid4().hex[:8],
+        measure=lambda bench: _bench(bench, report),
+        failures=(RecoveryBenchError,),
+    ):
         return 1
     print(report.markdown())
     return 0

@@ -29,6 +29,17 @@ def _table(output: str) -> dict[str, str]:
     return rows
 
 
+def _rows_after_first_cell(output: str, *, header: str) -> dict[str, list[str]]:
+    """Rows of a wide markdown table as {first cell: the other cells}; the header row
+    (its first cell `header`) and the rule left out."""
+    return {
+        cells[0]: cells[1:]
+        for line in output.splitlines()
+        if line.startswith("| ") and not line.startswith(f"| {header} ")
+        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+    }
+
+
 def _row(rows: dict[str, str], prefix: str) -> str:
     found = [value for name, value in rows.items() if name.startswith(prefix)]
     assert len(found) == 1, (prefix, rows)
@@ -95,10 +106,8 @@ def test_ceiling_bench_runs_each_probe_next_to_the_relay(
     assert code == 0, output
     assert output.startswith("Machine: ")
     rows = {
-        cells[0]: [_numbers(cell) for cell in cells[1:]]
-        for line in output.splitlines()
-        if line.startswith("| ") and not line.startswith("| path")
-        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+        name: [_numbers(cell) for cell in cells]
+        for name, cells in _rows_after_first_cell(output, header="path").items()
     }
     relay_rate, relay_ratio, relay_cpu, _busy, _full_core, _outputs = rows.pop(
         "bare relay (baseline)"
@@ -130,12 +139,7 @@ def test_recovery_bench_times_a_cold_and_a_warm_restart(
     output = capsys.readouterr().out
     assert code == 0, output
     assert output.startswith("Machine: ")
-    rows = {
-        cells[0]: cells[1:]
-        for line in output.splitlines()
-        if line.startswith("| ") and not line.startswith("| phase")
-        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
-    }
+    rows = _rows_after_first_cell(output, header="phase")
     baseline = _numbers(rows["bare read of the changelog (baseline)"][0])[0]
     cold = rows["cold recovery (empty data directory)"]
     warm = rows["warm restart (RocksDB kept)"]
