@@ -11,8 +11,8 @@ relay, so its rate is an upper bound for any matcher built on Faust's agents:
   per partition and batch holding every request of it (the compact, batched state
   design of docs/performance.md, "Faust's per-event ceiling").
 - `batched-engine`: the same batches through the real `MatchEngine`; every state
-  record it writes is encoded into its partition's batch record, and the outputs are
-  those the output relay would derive from them, sent at once instead.
+  record it writes is encoded into its partition's batch record, and the outputs the
+  output relay would derive from the record are built from it at once and sent.
 
 All three use the most favourable client settings found for a backlog (1 MiB
 produce batches, 20 ms linger) and the worker's eager hand-over of fetched messages.
@@ -38,7 +38,7 @@ from matching.engine import MatchEngine
 from models.codec import decode, dumps
 from models.messages import MatchRequest
 from streams import eager_handover
-from streams.relay import outputs_for
+from streams.relay import outputs_of
 from streams.runtime import tune_process, use_event_loop
 from streams.settings import Settings, get_settings
 from streams.topics import TopicNames
@@ -118,10 +118,9 @@ def create_probe(
                 partition = event.message.partition
                 request = decode(MatchRequest, event.value)
                 effects = engine.handle_request(request, partition=partition, now=now)
-                for key, record in effects.writes:
-                    raw = dumps(record)
-                    batch[partition].append(raw)
-                    for _topic, out_key, out_value in outputs_for(key, raw, relay_topics):
+                for _key, record in effects.writes:
+                    batch[partition].append(dumps(record))
+                    for _topic, out_key, out_value in outputs_of(record, relay_topics):
                         await send(output_topic, out_key, out_value, partition)
                 for notice in effects.notices:
                     await send(output_topic, notice.pool_id.encode(), dumps(notice), partition)

@@ -26,6 +26,7 @@ from models.state import (
     MatchState,
     RecommendationState,
     RequestState,
+    StateRecord,
     kind_prefix,
     parse_state,
 )
@@ -33,7 +34,14 @@ from streams.app import Matchstream
 from streams.partitioning import KeyPartitions
 from streams.topics import TopicNames
 
-__all__ = ["AcknowledgedOffsets", "OutputRelay", "outputs_for", "register", "table_key"]
+__all__ = [
+    "AcknowledgedOffsets",
+    "OutputRelay",
+    "outputs_for",
+    "outputs_of",
+    "register",
+    "table_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,11 @@ def outputs_for(
     """The (topic, key, value) outputs one state-table write stands for."""
     if raw_record is None or (key is not None and not key.startswith(_OUTPUT_KINDS)):
         return
-    record = parse_state(raw_record)
+    yield from outputs_of(parse_state(raw_record), names)
+
+
+def outputs_of(record: StateRecord, names: TopicNames) -> Iterator[tuple[str, bytes, bytes]]:
+    """The (topic, key, value) outputs of a state record already decoded."""
     if isinstance(record, RequestState) and not record.profile_only:
         event = record.status_event(at=utc_now_iso(record.changed_at))
         yield names.status, record.pool_id.encode(), dumps(event)

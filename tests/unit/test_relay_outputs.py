@@ -13,13 +13,18 @@ from agents.input_order import AppliedOffsets
 from matching.engine import Effects, MatchEngine
 from models.codec import dumps
 from models.messages import MatchRequest, PoolCommand, PoolConfig, Profile, ProfileChange
-from streams.relay import AcknowledgedOffsets, outputs_for, table_key
+from streams.relay import AcknowledgedOffsets, outputs_for, outputs_of, table_key
 from streams.topics import TopicNames
 
 NAMES = TopicNames.with_prefix("t.")
 
 
 def _writes_of_a_busy_pool() -> list[tuple[bytes, bytes]]:
+    # Keyed as Faust writes a str-keyed table's changelog.
+    return [(codecs.dumps("json", key), dumps(record)) for key, record in _busy_pool().writes]
+
+
+def _busy_pool() -> Effects:
     engine = MatchEngine()
     applied = AppliedOffsets()
     effects = Effects()
@@ -35,8 +40,7 @@ def _writes_of_a_busy_pool() -> list[tuple[bytes, bytes]]:
     effects.extend(engine.handle_request(cancel, partition=0, now=9.0))
     change = ProfileChange(user_id="u9", profile=Profile(interests=["go"]), updated_at=9.0)
     effects.extend(engine.handle_profile(change, partition=0, now=9.0))
-    # Keyed as Faust writes a str-keyed table's changelog.
-    return [(codecs.dumps("json", key), dumps(record)) for key, record in effects.writes]
+    return effects
 
 
 def test_skipping_by_key_loses_no_output() -> None:
@@ -47,6 +51,17 @@ def test_skipping_by_key_loses_no_output() -> None:
     assert by_key == decoding_all
     topics = [topic for topic, _, _ in by_key]
     assert topics.count("t.match.found") == 2 and topics.count("t.match.status") >= 6
+
+
+def test_records_in_hand_give_the_outputs_of_their_changelog_values() -> None:
+    writes = _busy_pool().writes
+    in_hand = [out for _, record in writes for out in outputs_of(record, NAMES)]
+    from_changelog = [
+        out for key, record in writes for out in outputs_for(key, dumps(record), NAMES)
+    ]
+
+    assert in_hand == from_changelog
+    assert len(in_hand) >= 8
 
 
 def test_records_without_outputs_are_not_decoded() -> None:
