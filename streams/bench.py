@@ -76,7 +76,7 @@ from streams.kafka_local import KAFKA_VERSION, LocalKafka, LocalKafkaError, free
 from streams.produce import produce_messages
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
-from streams.worker_process import WorkerProcess
+from streams.worker_process import MATCHSTREAM_WORKER, WorkerProcess
 from streams.workload import Workload, WorkloadMessage
 
 __all__ = [
@@ -950,8 +950,10 @@ def _percentile(ordered: Sequence[float], percent: float) -> float:
 class SampledWorker(WorkerProcess):
     """A worker process whose CPU time is sampled while the bench runs."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        super().__init__(settings, settings.data_dir / "worker.log", **kwargs)
+    def __init__(
+        self, settings: Settings, *, arguments: Sequence[str] = MATCHSTREAM_WORKER
+    ) -> None:
+        super().__init__(settings, settings.data_dir / "worker.log", arguments=arguments)
         self._times: list[float] = []
         self._samples: list[tuple[float, float]] = []
         """(CPU seconds, seconds spent runnable but waiting for a CPU) at `_times`."""

@@ -107,10 +107,9 @@ def create_probe(
                     await send(output_topic, event.message.key, event.value, partition)
             await _send_batch(send, state_topic, batch)
 
-    engine = MatchEngine()
-    relay_topics = TopicNames.with_prefix(settings.topic_prefix)
-
     async def batched_engine(stream: StreamT) -> None:
+        engine = MatchEngine()
+        relay_topics = TopicNames.with_prefix(settings.topic_prefix)
         async for events in _batches(stream):
             batch: defaultdict[int, list[bytes]] = defaultdict(list)
             now = time.time()

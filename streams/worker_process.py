@@ -13,10 +13,11 @@ from pathlib import Path
 
 from streams.settings import Settings
 
-__all__ = ["WorkerProcess", "WorkerProcessError"]
+__all__ = ["MATCHSTREAM_WORKER", "WorkerProcess", "WorkerProcessError"]
 
 _READY_LINE = "[^Worker]: Ready"
-_WORKER = ("-c", "from streams.cli import main; main()", "worker")
+MATCHSTREAM_WORKER = ("-c", "from streams.cli import main; main()", "worker")
+"""The Python interpreter's arguments that run `matchstream worker`."""
 
 
 class WorkerProcessError(RuntimeError):
@@ -33,12 +34,16 @@ class WorkerProcess:
     """
 
     def __init__(
-        self, settings: Settings, log_path: Path, *, arguments: Sequence[str] = _WORKER
+        self,
+        settings: Settings,
+        log_path: Path,
+        *,
+        arguments: Sequence[str] = MATCHSTREAM_WORKER,
     ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.arguments = arguments
-        """The Python interpreter's arguments: `matchstream worker` unless given."""
+        """The Python interpreter's arguments (`MATCHSTREAM_WORKER` unless another worker)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
 
