@@ -52,7 +52,7 @@ __all__ = [
 MAX_NODES = 5
 """Every node is a quorum voter and a JVM; more than five only makes a laptop slower."""
 
-_HEAP_RE = re.compile(r"^[1-9][0-9]*[kKmMgG]?$")
+_HEAP_RE = re.compile(r"[1-9][0-9]*[kKmMgG]?")
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class LocalKafka:
             raise ValueError(
                 f"port must be in 1..{65535 - (nodes - 1)} for {nodes} nodes, got {port}"
             )
-        if not _HEAP_RE.match(heap):
+        if not _HEAP_RE.fullmatch(heap):
             raise ValueError(f"heap must look like 512m or 1g, got {heap!r}")
         self.port = port
         self.heap = heap

@@ -276,7 +276,13 @@ def test_free_port_finds_a_run_of_ports_for_a_cluster() -> None:
 
 @pytest.mark.parametrize(
     ("port", "heap", "message"),
-    [(0, "512m", "port"), (70000, "512m", "port"), (9092, "lots", "heap"), (9092, "0m", "heap")],
+    [
+        (0, "512m", "port"),
+        (70000, "512m", "port"),
+        (9092, "lots", "heap"),
+        (9092, "0m", "heap"),
+        (9092, "1g\n", "heap"),
+    ],
 )
 def test_constructor_rejects_bad_values(tmp_path: Path, port: int, heap: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
