@@ -10,7 +10,15 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -32,11 +40,36 @@ __all__ = [
     "RecommendedUser",
     "Seat",
     "Status",
+    "identifier_schema",
+    "is_identifier",
 ]
 
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
+_IDENTIFIER = TypeAdapter(Identifier)
+
+
+def is_identifier(value: object) -> bool:
+    """Whether `value` is an `Identifier`: the one rule for ids in messages, URL paths
+    and query strings, and token subjects.
+
+    Example:
+        >>> is_identifier("pool-7"), is_identifier("pool-7\\n")
+        (True, False)
+    """
+    try:
+        _IDENTIFIER.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def identifier_schema() -> dict[str, Any]:
+    """The JSON schema of an `Identifier`, for the OpenAPI document."""
+    return _IDENTIFIER.json_schema()
+
+
 ShortText = Annotated[str, StringConstraints(max_length=200)]
 NonNegative = Annotated[float, Field(ge=0)]
 LongText = Annotated[str, StringConstraints(max_length=2000)]

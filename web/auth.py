@@ -8,10 +8,11 @@ Without a secret every caller is an admin acting for whichever user it names.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
 import jwt
+
+from models.messages import is_identifier
 
 __all__ = ["Authenticator", "Caller", "HttpError"]
 
@@ -19,7 +20,6 @@ log = logging.getLogger(__name__)
 
 _MIN_SECRET_BYTES = 32  # an HS256 key shorter than the hash output weakens it
 _LEEWAY_S = 10  # clock skew between the token issuer and the workers
-_SUBJECT = re.compile(r"[^\x00-\x1f\x7f]{1,200}")  # as models.messages.Identifier
 
 
 class HttpError(Exception):
@@ -108,7 +108,7 @@ class Authenticator:
         subject = claims.get("sub")
         # The subject becomes the user_id of messages, which allow no more: checked here,
         # a signed but odd `sub` would fail model validation later as a 500.
-        if not isinstance(subject, str) or not _SUBJECT.fullmatch(subject):
+        if not isinstance(subject, str) or not is_identifier(subject):
             raise HttpError(
                 401, "invalid token: sub must be 1 to 200 characters, no control characters"
             )

@@ -10,17 +10,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from models.api import ErrorBody
+from models.messages import identifier_schema
 from web.routing import Call, Route
 
 __all__ = ["openapi_document", "openapi_route"]
 
 _REF = "#/components/schemas/{model}"
-_IDENTIFIER = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 200,
-    "pattern": "^[^\\x00-\\x1f\\x7f]+$",
-}
+_IDENTIFIER = identifier_schema()
 _ERROR_TEXT = {
     400: "Malformed JSON",
     401: "Missing or invalid bearer token",

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 from yarl import URL
 
+from models.messages import is_identifier
 from web.auth import Authenticator, Caller, HttpError
 
 __all__ = ["Call", "OwnerLocator", "QueryParam", "Reply", "Route", "mount"]
@@ -30,8 +31,6 @@ _FORWARDED_HEADER = "X-Matchstream-Forwarded-By"
 _WORKER_HEADER = "X-Matchstream-Worker"
 """Names the worker whose state answered, so operators can see routing at work."""
 _MAX_BODY_BYTES = 1_000_000  # the same bound as a Kafka input message
-_PATH_VALUE = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
-"""Matched whole (`fullmatch`): a `$` anchor would let a value end in a newline."""
 _EXACT_FLOAT_INTS = 2**53  # beyond this a float is no exact integer, and orjson refuses it
 _MAX_BODY_DEPTH = 32  # the deepest body (a pool config) nests three levels
 _PUBLIC = Caller(user_id=None, admin=False)
@@ -243,7 +242,7 @@ def _dispatcher(
 def _path_params(route: Route, request: web.Request) -> dict[str, str]:
     params = dict(request.match_info)
     for name, value in params.items():
-        if not _PATH_VALUE.fullmatch(value):
+        if not is_identifier(value):
             raise HttpError(422, f"{name}: 1 to 200 characters, no control characters")
     return params
 
@@ -271,7 +270,7 @@ def _query_params(route: Route, request: web.Request) -> dict[str, Any]:
                 raise HttpError(422, f"{param.name}: expected true or false")
             values[param.name] = raw.lower() in {"true", "1"}
         else:
-            if not _PATH_VALUE.fullmatch(raw):
+            if not is_identifier(raw):
                 raise HttpError(422, f"{param.name}: 1 to 200 characters, no control characters")
             values[param.name] = raw
     return values
